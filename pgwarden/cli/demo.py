@@ -1,0 +1,157 @@
+"""``pgwarden demo``: the whole product on one machine with one command.
+
+Starts an embedded PostgreSQL (pgserver) holding a fake-PII shop database,
+writes a complete gateway config into the data directory, and serves it with
+TLS on 127.0.0.1. A second run reuses the data, the certificate and the demo
+password. Ctrl-C (or SIGTERM) drains the gateway, then stops PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+import yaml
+
+DEMO_USER = "demo"
+DEMO_TARGET = "shop"
+
+
+def _default_data_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("pgwarden", appauthor=False)) / "demo"
+
+
+def _traversable_by_others(path: Path) -> bool:
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH:
+            return False
+    return True
+
+
+def _pgdata_dir(data_dir: Path) -> Path:
+    """Where the embedded cluster lives.
+
+    As root, pgserver runs PostgreSQL as an unprivileged OS user and opens every
+    parent folder of the data directory to it; under /root that would make
+    /root readable by everyone, so the cluster goes to /var/lib/pgwarden instead.
+    """
+    if os.geteuid() == 0 and not _traversable_by_others(data_dir):
+        digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:10]
+        return Path("/var/lib/pgwarden") / f"demo-{digest}" / "postgres"
+    return data_dir / "postgres"
+
+
+def _demo_password(data_dir: Path) -> str:
+    path = data_dir / "demo-password"
+    if path.exists():
+        return path.read_text().strip()
+    password = secrets.token_urlsafe(18)
+    path.write_text(password + "\n")
+    path.chmod(0o600)
+    return password
+
+
+def write_demo_config(data_dir: Path, target: dict, port: int, password: str) -> Path:
+    """Write the demo's complete config file and return its path."""
+    from ..certs import write_selfsigned
+    from ..session.scram import make_verifier
+
+    tls_dir = data_dir / "tls"
+    if not (tls_dir / "server.crt").exists():
+        write_selfsigned(tls_dir, overwrite=True)
+    verifier_file = data_dir / "demo-verifier"
+    if verifier_file.exists() and verifier_file.read_text().startswith("SCRAM-SHA-256$"):
+        verifier = verifier_file.read_text().strip()
+    else:
+        verifier = make_verifier(password)
+        verifier_file.write_text(verifier + "\n")
+    config = {
+        "listen": {
+            "host": "127.0.0.1",
+            "port": port,
+            "tls": {"mode": "require", "cert": str(tls_dir / "server.crt"), "key": str(tls_dir / "server.key")},
+            "shutdown_grace": 5,
+        },
+        "logging": {"level": "info", "format": "text", "statements": True},
+        "targets": {
+            DEMO_TARGET: {
+                "host": str(target["host"]),
+                "port": int(target["port"]),
+                "database": target["database"],
+                "user": target["user"],
+                "sslmode": "disable",
+            }
+        },
+        "users": [{"name": DEMO_USER, "scram_verifier": verifier, "targets": [DEMO_TARGET]}],
+        "data_dir": str(data_dir),
+    }
+    path = data_dir / "pgwarden.yaml"
+    header = (
+        "# Written by `pgwarden demo` on every start (the socket directory may change).\n"
+        "# Every key is documented in docs/configuration.md.\n"
+    )
+    path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def demo(
+        data_dir: Annotated[
+            Optional[Path], typer.Option("--data-dir", help="Where the demo keeps its data (default: user cache dir).")
+        ] = None,
+        port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Gateway port on 127.0.0.1.")] = 6432,
+        config: Annotated[
+            Optional[Path], typer.Option("--config", "-c", help="Ignored by the demo: it writes its own config.")
+        ] = None,
+    ) -> None:
+        """Start an embedded PostgreSQL with sample PII data behind the gateway."""
+        from ..config import load_config
+        from ..demo import start_embedded_postgres
+        from ..logs import setup_logging
+        from ..server.gateway import install_uvloop, run
+        from .main import fail, out
+
+        data_dir = (data_dir or _default_data_dir()).expanduser().resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        pgdata = _pgdata_dir(data_dir)
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        out.print(f"Starting embedded PostgreSQL in {pgdata} …")
+        try:
+            pg = start_embedded_postgres(pgdata)
+        except Exception as exc:  # pgserver reports many kinds of failure
+            fail(f"could not start the embedded PostgreSQL: {exc}", 1)
+        try:
+            password = _demo_password(data_dir)
+            config_path = write_demo_config(data_dir, pg.upstream_target(), port, password)
+            cfg = load_config(config_path)
+            setup_logging(cfg.logging.level, cfg.logging.format, cfg.logging.file)
+            uri = f"postgresql://{DEMO_USER}:{password}@127.0.0.1:{port}/{DEMO_TARGET}?sslmode=require"
+
+            def ready(gateway) -> None:
+                state = "loaded sample data" if pg.freshly_loaded else "reused existing data"
+                out.print(f"\npgwarden demo is running ({state}).")
+                out.print(f"Config: {config_path}")
+                out.print("Connect with psql (or any client) using this URI:\n")
+                print(uri, flush=True)
+                out.print(
+                    "\nTry:  SELECT full_name, email, ssn FROM customers LIMIT 5;"
+                    "\nPress Ctrl-C to stop.\n"
+                )
+
+            install_uvloop()
+            try:
+                asyncio.run(run(cfg, ready=ready))
+            except OSError as exc:
+                fail(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc} (choose another with --port)", 1)
+        finally:
+            pg.stop()
+            out.print("Stopped.")

@@ -1,0 +1,293 @@
+"""Gateway configuration: a YAML file validated by pydantic.
+
+Why pydantic: every key is typed and every mistake is reported with its path, so
+``pgwarden config check`` can answer a bad file with one line that names the key
+and the problem (``targets.app.port: Input should be a valid integer``).
+
+``${VAR}`` (and ``${VAR:-default}``) in any string value expands from the
+environment before validation; an unset variable without a default is an error,
+never an empty string, because an empty password silently weakens a deployment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ListenConfig",
+    "ListenTLSConfig",
+    "LoggingConfig",
+    "TargetConfig",
+    "UserConfig",
+    "load_config",
+    "parse_config",
+    "SAFE_STARTUP_PARAMETERS",
+]
+
+# Startup parameters a client may pass through to the upstream session. Anything
+# else is refused: `options` can set any GUC (role, read-only flags), and a
+# parameter we do not know is a parameter we cannot reason about.
+SAFE_STARTUP_PARAMETERS = frozenset(
+    {
+        "application_name",
+        "client_encoding",
+        "datestyle",
+        "timezone",
+        "search_path",
+        "extra_float_digits",
+        "intervalstyle",
+        "bytea_output",
+        "statement_timeout",
+        "lock_timeout",
+        "idle_in_transaction_session_timeout",
+        "idle_session_timeout",
+        "standard_conforming_strings",
+        "client_min_messages",
+        "default_transaction_isolation",
+        "lc_monetary",
+        "lc_numeric",
+        "lc_time",
+        "geqo",
+        "jit",
+        "work_mem",
+        "timezone_abbreviations",
+    }
+)
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for a person in one line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenTLSConfig(_Strict):
+    """TLS offered to clients after an SSLRequest."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    # require: plaintext sessions are refused (see ListenConfig.allow_plaintext_loopback)
+    # prefer: TLS offered, plaintext accepted
+    # disable: SSLRequest is answered with 'N'
+    mode: Literal["require", "prefer", "disable"] = "require"
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> "ListenTLSConfig":
+        if self.mode != "disable" and (self.cert is None or self.key is None):
+            raise ValueError(
+                f"mode '{self.mode}' needs both 'cert' and 'key' "
+                "(make a local pair with: pgwarden tls selfsigned DIR)"
+            )
+        return self
+
+
+class ListenConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 6432
+    tls: ListenTLSConfig = ListenTLSConfig(mode="disable")
+    # With tls.mode=require, still accept plaintext from 127.0.0.0/8 and ::1.
+    allow_plaintext_loopback: bool = False
+    max_connections: Annotated[int, Field(ge=1)] = 1000
+    # Seconds a client has to finish the startup and authentication exchange.
+    startup_timeout: Annotated[float, Field(gt=0)] = 30.0
+    # Seconds SIGTERM waits for busy sessions to finish before closing them.
+    shutdown_grace: Annotated[float, Field(ge=0)] = 30.0
+    # Largest message a client may send after authentication (bytes).
+    max_message_size: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+
+
+class LoggingConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+    file: Path | None = None
+    # The statement log stage: one line per statement with its session.
+    statements: bool = True
+
+
+class TargetConfig(_Strict):
+    """One upstream PostgreSQL that clients reach by naming the target as their database."""
+
+    host: str = "127.0.0.1"  # a path starting with '/' is a Unix socket directory
+    port: Annotated[int, Field(ge=1, le=65535)] = 5432
+    database: str
+    user: str
+    password: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    sslmode: Literal["disable", "require", "verify-full"] = "disable"
+    sslrootcert: Path | None = None
+    connect_timeout: Annotated[float, Field(gt=0)] = 10.0
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> "TargetConfig":
+        sources = [s for s in (self.password, self.password_file, self.password_env) if s is not None]
+        if len(sources) > 1:
+            raise ValueError("give at most one of 'password', 'password_file', 'password_env'")
+        if self.sslmode == "verify-full" and self.sslrootcert is None:
+            raise ValueError("sslmode 'verify-full' needs 'sslrootcert' (the CA that signed the server certificate)")
+        return self
+
+    def resolve_password(self) -> str | None:
+        """Read the upstream password from its source at connect time (files may rotate)."""
+        if self.password is not None:
+            return self.password
+        if self.password_file is not None:
+            return self.password_file.read_text().rstrip("\r\n")
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(f"environment variable {self.password_env} (password_env) is not set")
+            return value
+        return None
+
+
+_VERIFIER_RE = re.compile(r"^SCRAM-SHA-256\$(\d+):([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)$")
+
+
+class UserConfig(_Strict):
+    """A static gateway user (break-glass), authenticated with SCRAM-SHA-256."""
+
+    name: str
+    # PostgreSQL's verifier format; make one with: pgwarden user verifier
+    scram_verifier: str
+    # Targets this user may reach; empty means every target.
+    targets: list[str] = []
+
+    @field_validator("scram_verifier")
+    @classmethod
+    def _verifier_format(cls, value: str) -> str:
+        if not _VERIFIER_RE.match(value):
+            raise ValueError(
+                "not a SCRAM-SHA-256 verifier (expected 'SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>'; "
+                "make one with: pgwarden user verifier)"
+            )
+        return value
+
+
+class Config(_Strict):
+    listen: ListenConfig = ListenConfig()
+    logging: LoggingConfig = LoggingConfig()
+    targets: dict[str, TargetConfig]
+    users: list[UserConfig] = []
+    # Extra startup parameters clients may pass through (lower-case names).
+    forward_startup_parameters: list[str] = []
+    data_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Config":
+        if not self.targets:
+            raise ValueError("targets: at least one target is needed")
+        names = [u.name for u in self.users]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"users: duplicate name(s) {', '.join(dupes)}")
+        for user in self.users:
+            unknown = [t for t in user.targets if t not in self.targets]
+            if unknown:
+                raise ValueError(f"users.{user.name}.targets: unknown target(s) {', '.join(unknown)}")
+        forbidden = {"options", "replication", "role", "session_authorization", "user", "database"}
+        bad = [p for p in self.forward_startup_parameters if p.lower() in forbidden]
+        if bad:
+            raise ValueError(f"forward_startup_parameters: {', '.join(bad)} can never be forwarded")
+        return self
+
+    def user(self, name: str) -> UserConfig | None:
+        for user in self.users:
+            if user.name == name:
+                return user
+        return None
+
+    @property
+    def safe_startup_parameters(self) -> frozenset[str]:
+        return SAFE_STARTUP_PARAMETERS | {p.lower() for p in self.forward_startup_parameters}
+
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: object, path: str) -> object:
+    if isinstance(value, str):
+
+        def repl(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{path or '<root>'}: environment variable {name} is not set")
+
+        return _ENV_RE.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    more = len(error.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{loc}: {msg}{suffix}"
+
+
+def parse_config(data: object, base_dir: Path | None = None) -> Config:
+    """Validate an already-loaded mapping; relative paths resolve against ``base_dir``."""
+    if not isinstance(data, dict):
+        raise ConfigError("<root>: the config must be a mapping of keys to values")
+    data = _expand(data, "")
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    if base_dir is not None:
+        config = _resolve_paths(config, base_dir)
+    return config
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base / p)
+
+    tls = config.listen.tls.model_copy(update={"cert": fix(config.listen.tls.cert), "key": fix(config.listen.tls.key)})
+    listen = config.listen.model_copy(update={"tls": tls})
+    targets = {
+        name: t.model_copy(update={"password_file": fix(t.password_file), "sslrootcert": fix(t.sslrootcert)})
+        for name, t in config.targets.items()
+    }
+    logging_cfg = config.logging.model_copy(update={"file": fix(config.logging.file)})
+    return config.model_copy(
+        update={"listen": listen, "targets": targets, "logging": logging_cfg, "data_dir": fix(config.data_dir)}
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, expand and validate a YAML config file, raising ConfigError with one line."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{p}: invalid YAML{where}: {problem}") from None
+    return parse_config(data, base_dir=p.resolve().parent)

@@ -1,0 +1,93 @@
+"""The statement pipeline: an ordered list of stages, each returning a verdict.
+
+A stage is any object with a ``name`` and a ``check(statement) -> Verdict | None``
+method (``None`` means allow); it may also have ``completed(statement)``, called
+once the upstream's reply to the statement is complete (or it was refused or
+skipped), and ``session_started(info)`` / ``session_ended(info, reason)``.
+
+Evaluation stops at the first Deny or Hold. A Rewrite changes the statement text
+and evaluation continues with the next stage, which sees the new text; the final
+verdict is then a Rewrite carrying the last text. On a Hold the pipeline notes in
+``statement.next_stage`` where to continue once the hold resolves to ALLOW.
+
+Later issues add identity, guardrails, approvals, masking and recording as stages;
+this one ships :class:`~pgwarden.policy.stages.log.StatementLogStage`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from ..session.statement import SessionInfo, Statement
+from ..session.verdict import ALLOW, Allow, Deny, Hold, Rewrite, Verdict
+from ..wire.constants import SQLState
+
+__all__ = ["Pipeline", "Stage"]
+
+log = logging.getLogger("pgwarden.policy")
+
+
+@runtime_checkable
+class Stage(Protocol):
+    name: str
+
+    def check(self, statement: Statement) -> Verdict | None: ...
+
+
+class Pipeline:
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        self.stages: tuple[Stage, ...] = tuple(stages)
+        self._checkers = tuple(s.check for s in self.stages)
+        self._completers = tuple(s.completed for s in self.stages if callable(getattr(s, "completed", None)))
+        self._starters = tuple(s.session_started for s in self.stages if callable(getattr(s, "session_started", None)))
+        self._enders = tuple(s.session_ended for s in self.stages if callable(getattr(s, "session_ended", None)))
+
+    def evaluate(self, statement: Statement, first_stage: int = 0) -> Verdict:
+        checkers = self._checkers
+        rewritten: Rewrite | None = None
+        for index in range(first_stage, len(checkers)):
+            verdict = checkers[index](statement)
+            if verdict is None or verdict.__class__ is Allow:
+                continue
+            if isinstance(verdict, Rewrite):
+                statement.text = verdict.text
+                rewritten = verdict
+                continue
+            if isinstance(verdict, Hold):
+                statement.next_stage = index + 1
+                return verdict
+            if isinstance(verdict, Deny):
+                return verdict
+            return Deny(
+                f"pgwarden: stage {self.stages[index].name!r} returned an invalid verdict",
+                SQLState.INTERNAL_ERROR,
+                rule="pipeline.invalid_verdict",
+            )
+        return rewritten if rewritten is not None else ALLOW
+
+    @property
+    def wants_completion(self) -> bool:
+        return bool(self._completers)
+
+    def completed(self, statement: Statement) -> None:
+        for hook in self._completers:
+            try:
+                hook(statement)
+            except Exception:
+                log.exception("completed hook failed", extra={"session": statement.session.id})
+
+    def session_started(self, info: SessionInfo) -> None:
+        for hook in self._starters:
+            try:
+                hook(info)
+            except Exception:
+                log.exception("session_started hook failed", extra={"session": info.id})
+
+    def session_ended(self, info: SessionInfo, reason: str) -> None:
+        for hook in self._enders:
+            try:
+                hook(info, reason)
+            except Exception:
+                log.exception("session_ended hook failed", extra={"session": info.id})

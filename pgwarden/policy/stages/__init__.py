@@ -1,0 +1,5 @@
+"""Built-in policy stages."""
+
+from .log import StatementLogStage
+
+__all__ = ["StatementLogStage"]

@@ -1,0 +1,446 @@
+"""One client connection: drives the sans-IO handshake and relay with asyncio.
+
+Phases: HANDSHAKE (startup, TLS, SCRAM) -> CONNECTING (upstream login) -> RELAY
+-> CLOSED. In RELAY, each ``data_received`` from either side calls the relay once
+and sends what it produced with one write per direction. Client reads pause
+while a statement is held, while the upstream cannot keep up, or while the
+relay has too much queued; each pause has a named reason so the reasons never
+cancel each other out.
+
+Two error families (see DEVELOPERS.md): the peer's fault is answered on the wire
+(FATAL ErrorResponse with a SQLSTATE) and logged at warning level; our own bug is
+logged with a traceback and closes only this session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import TYPE_CHECKING
+
+from ..session.relay import CloseRequested, HoldRequested, Relay, StageFailed
+from ..session.startup import Authenticated, CancelRequested, ClientHandshake, Refused, StartTLS
+from ..session.statement import SessionInfo
+from ..session.upstream import UpstreamError
+from ..session.verdict import Deny
+from ..wire import encode
+from ..wire.constants import SQLState
+from ..wire.frames import ProtocolViolation
+from .tls import describe_tls
+from .upstream import UpstreamProtocol, open_upstream
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+__all__ = ["ClientConnection"]
+
+log = logging.getLogger("pgwarden.session")
+
+_MAX_QUEUED = 16 * 1024 * 1024  # client bytes queued behind a hold before reads pause
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, gateway: "Gateway") -> None:
+        self.gateway = gateway
+        self.id = secrets.token_hex(4)
+        self.transport: asyncio.Transport | None = None
+        self.phase = "HANDSHAKE"
+        self.peer: str | None = None
+        self.tls: str | None = None
+        self.handshake: ClientHandshake | None = None
+        self.relay: Relay | None = None
+        self.upstream: UpstreamProtocol | None = None
+        self.info: SessionInfo | None = None
+        self.target_name: str | None = None
+        self.backend_key: tuple[int, int] | None = None  # pgwarden's own, handed to the client
+        self.upstream_key: tuple[int, int] | None = None
+        self.draining = False
+        self.close_reason = ""
+        self._pending_client = b""
+        self._pauses: set[str] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._hold_cancel = None
+        self._log = logging.LoggerAdapter(log, {"session": self.id})
+
+    # ------------------------------------------------------------ lifecycle
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else None
+        settings = self.gateway.startup_settings
+        self.handshake = ClientHandshake(settings, self.peer)
+        if not self.gateway.register(self):
+            self._fatal(SQLState.TOO_MANY_CONNECTIONS, "sorry, too many clients already", "too many connections")
+            return
+        self._timer = asyncio.get_running_loop().call_later(
+            self.gateway.config.listen.startup_timeout, self._startup_timeout
+        )
+        self._log.debug("connection from %s", self._peer_text())
+
+    def _peer_text(self) -> str:
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        if isinstance(peer, tuple):
+            return f"{peer[0]}:{peer[1]}"
+        return "local socket"
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.phase == "CLOSED":
+            return
+        reason = self.close_reason or ("client disconnected" if exc is None else f"client connection lost: {exc}")
+        self._teardown(reason)
+
+    def _teardown(self, reason: str) -> None:
+        previous = self.phase
+        self.phase = "CLOSED"
+        self.close_reason = self.close_reason or reason
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._hold_cancel is not None:
+            try:
+                self._hold_cancel()
+            except Exception:
+                self._log.exception("hold cancel hook failed")
+            self._hold_cancel = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self.upstream is not None:
+            if not self.upstream.closed and self.relay is not None and not self.relay.closed:
+                self.upstream.write(encode.terminate())
+            self.upstream.close()
+        if self.transport is not None:
+            self.transport.close()
+        self.gateway.unregister(self)
+        if previous in ("RELAY",) and self.info is not None:
+            self.gateway.pipeline.session_ended(self.info, self.close_reason)
+            self._log.info(
+                "session ended: %s",
+                self.close_reason,
+                extra={"event": "disconnect", "reason": self.close_reason, "user": self.info.user},
+            )
+
+    def close(self, reason: str, error: bytes | None = None) -> None:
+        if self.phase == "CLOSED":
+            return
+        self.close_reason = reason
+        if error is not None and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(error)
+        self._teardown(reason)
+
+    def _fatal(self, sqlstate: str, message: str, reason: str) -> None:
+        self._log.warning("closing: %s", reason, extra={"event": "refused", "reason": reason})
+        self.close(reason, encode.error_response(sqlstate, message, severity="FATAL"))
+
+    def _startup_timeout(self) -> None:
+        if self.phase in ("HANDSHAKE", "CONNECTING"):
+            self._fatal(SQLState.CONNECTION_FAILURE, "canceling authentication due to timeout", "startup timeout")
+
+    def _spawn(self, coro, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{name}[{self.id}]")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self._log.error("internal error in %s", task.get_name(), exc_info=exc)
+            self._fatal(SQLState.INTERNAL_ERROR, "pgwarden internal error; the session was closed", f"bug: {exc!r}")
+
+    # ------------------------------------------------------------ input
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            if self.phase == "RELAY":
+                self.relay.client_data(data)  # type: ignore[union-attr]
+                self._flush()
+            elif self.phase == "HANDSHAKE":
+                self._handshake_data(data)
+            elif self.phase == "CONNECTING":
+                self._pending_client += data
+                if len(self._pending_client) > 1024 * 1024:
+                    self._fatal(SQLState.PROTOCOL_VIOLATION, "too much data before the session was ready", "early data")
+        except ProtocolViolation as exc:
+            self._fatal(SQLState.PROTOCOL_VIOLATION, f"invalid frontend message: {exc}", f"protocol violation: {exc}")
+        except Exception as exc:
+            self._log.exception("internal error handling client data")
+            self._fatal(SQLState.INTERNAL_ERROR, "pgwarden internal error; the session was closed", f"bug: {exc!r}")
+
+    def _handshake_data(self, data: bytes) -> None:
+        hs = self.handshake
+        hs.data(data)  # type: ignore[union-attr]
+        self._handshake_output()
+
+    def _handshake_output(self) -> None:
+        hs = self.handshake
+        assert hs is not None
+        if hs.to_client:
+            self.transport.write(b"".join(hs.to_client))  # type: ignore[union-attr]
+            hs.to_client.clear()
+        events, hs.events = hs.events, []
+        for event in events:
+            if isinstance(event, StartTLS):
+                self._spawn(self._start_tls(), "client-tls")
+            elif isinstance(event, CancelRequested):
+                self.gateway.cancel(event.pid, event.secret, self.peer)
+                self.close("cancel request handled")
+            elif isinstance(event, Refused):
+                self._log.warning("login refused: %s", event.reason, extra={"event": "auth_failed", "reason": event.reason, "client": self._peer_text()})
+                self.close(event.reason)
+            elif isinstance(event, Authenticated):
+                self._on_authenticated(event)
+
+    async def _start_tls(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            new_transport = await loop.start_tls(
+                self.transport, self, self.gateway.client_tls_context, server_side=True  # type: ignore[arg-type]
+            )
+        except (OSError, asyncio.CancelledError, ConnectionError) as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            self.close(f"TLS handshake failed: {exc}")
+            return
+        except Exception as exc:  # ssl.SSLError and friends
+            self.close(f"TLS handshake failed: {exc}")
+            return
+        if new_transport is None or self.phase == "CLOSED":
+            return
+        self.transport = new_transport  # type: ignore[assignment]
+        self.tls = describe_tls(new_transport.get_extra_info("ssl_object"))
+        self.handshake.tls_established()  # type: ignore[union-attr]
+
+    def _on_authenticated(self, event: Authenticated) -> None:
+        config = self.gateway.config
+        user = config.user(event.user)
+        target = config.targets.get(event.database)
+        if target is None:
+            self._fatal(SQLState.INVALID_CATALOG_NAME, f'pgwarden: target "{event.database}" does not exist', "unknown target")
+            return
+        if user is not None and user.targets and event.database not in user.targets:
+            self._fatal(
+                SQLState.INSUFFICIENT_PRIVILEGE,
+                f'pgwarden: user "{event.user}" may not connect to target "{event.database}"',
+                "target not granted",
+            )
+            return
+        self.phase = "CONNECTING"
+        self.target_name = event.database
+        self._spawn(self._connect_upstream(event), "upstream-connect")
+
+    async def _connect_upstream(self, event: Authenticated) -> None:
+        target = self.gateway.config.targets[event.database]
+        try:
+            upstream, hs = await open_upstream(target, event.forward_params, self)
+        except UpstreamError as exc:
+            self._log.warning("upstream login failed for target %s: %s", event.database, exc, extra={"event": "upstream_failed"})
+            self.close(
+                f"upstream unavailable: {exc}",
+                encode.error_response(
+                    SQLState.CONNECTION_FAILURE,
+                    f'pgwarden: could not connect to target "{event.database}"',
+                    severity="FATAL",
+                    hint="The gateway log has the reason.",
+                ),
+            )
+            return
+        if self.phase == "CLOSED":
+            upstream.close()
+            return
+        self.upstream = upstream
+        self.upstream_key = hs.backend_key
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        info = SessionInfo(
+            id=self.id,
+            user=event.user,
+            target=event.database,
+            client_addr=self._peer_text(),
+            tls=self.tls,
+            application_name=event.startup_params.get("application_name", ""),
+            startup_params=dict(event.startup_params),
+            server_params=dict(hs.server_params),
+            txn_status=hs.txn_status,
+        )
+        self.info = info
+        pipeline = self.gateway.pipeline
+        self.relay = Relay(
+            info,
+            pipeline.evaluate,
+            pipeline.completed if pipeline.wants_completion else None,
+            max_message_size=self.gateway.config.listen.max_message_size,
+            rewrite_parameter=self._rewrite_parameter,
+        )
+        self.backend_key = self.gateway.issue_backend_key(self)
+        out = [encode.auth_ok()]
+        for name, value in hs.server_params.items():
+            value = self._rewrite_parameter(name, value) or value
+            out.append(encode.parameter_status(name, value))
+        out.append(encode.backend_key_data(*self.backend_key))
+        out.append(encode.ready_for_query(hs.txn_status.encode("ascii")))
+        self.transport.write(b"".join(out))  # type: ignore[union-attr]
+        self.phase = "RELAY"
+        pipeline.session_started(info)
+        self._log.info(
+            "session started: user %s, target %s, from %s%s",
+            info.user,
+            info.target,
+            info.client_addr,
+            f", {info.tls}" if info.tls else ", no TLS",
+            extra={"event": "connect", "user": info.user, "target": info.target, "client": info.client_addr,
+                   "tls": info.tls, "application_name": info.application_name, "upstream_auth": hs.auth_method},
+        )
+        upstream.relaying = True
+        leftover = (self.handshake.leftover if self.handshake else b"") + self._pending_client
+        self._pending_client = b""
+        self.handshake = None
+        if hs.leftover:
+            self.server_data(hs.leftover)
+        if leftover:
+            self.data_received(leftover)
+
+    def _rewrite_parameter(self, name: str, value: str) -> str | None:
+        # Clients see who *they* are, not the upstream login role.
+        if name == "session_authorization" and self.info is not None:
+            return self.info.user
+        return None
+
+    # ------------------------------------------------------------ relay output
+
+    def server_data(self, data: bytes) -> None:
+        relay = self.relay
+        if relay is None or self.phase != "RELAY":
+            return
+        try:
+            relay.server_data(data)
+        except ProtocolViolation as exc:
+            self._log.error("upstream protocol violation: %s", exc)
+            self.close(
+                f"upstream protocol violation: {exc}",
+                encode.error_response(SQLState.PROTOCOL_VIOLATION, "pgwarden: the upstream broke the protocol", severity="FATAL"),
+            )
+            return
+        except Exception as exc:
+            self._log.exception("internal error handling upstream data")
+            self._fatal(SQLState.INTERNAL_ERROR, "pgwarden internal error; the session was closed", f"bug: {exc!r}")
+            return
+        self._flush()
+
+    def _flush(self) -> None:
+        relay = self.relay
+        assert relay is not None
+        to_server, to_client, commands = relay.to_server, relay.to_client, relay.commands
+        if to_server:
+            self.upstream.write(to_server[0] if len(to_server) == 1 else b"".join(to_server))  # type: ignore[union-attr]
+            to_server.clear()
+        if to_client:
+            self.transport.write(to_client[0] if len(to_client) == 1 else b"".join(to_client))  # type: ignore[union-attr]
+            to_client.clear()
+        if commands:
+            relay.commands = []
+            for command in commands:
+                self._command(command)
+        if relay.queued_bytes > _MAX_QUEUED:
+            self.pause_client_reading("queue")
+        elif "queue" in self._pauses:
+            self.resume_client_reading("queue")
+        if self.draining and relay.idle and self.phase == "RELAY":
+            self._close_for_shutdown()
+
+    def _command(self, command: object) -> None:
+        if isinstance(command, HoldRequested):
+            self.pause_client_reading("hold")
+            self._hold_cancel = command.hold.cancel
+            self._spawn(self._await_hold(command), "hold")
+        elif isinstance(command, CloseRequested):
+            self.close(command.reason, command.error)
+        elif isinstance(command, StageFailed):
+            self._log.error("policy stage failed on %r", command.statement, exc_info=command.error)
+
+    async def _await_hold(self, command: HoldRequested) -> None:
+        self._log.info("statement held: %s", command.hold.reason, extra={"event": "hold", "rule": command.hold.rule})
+        try:
+            verdict = await command.hold.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._log.error("hold failed", exc_info=exc)
+            verdict = Deny("pgwarden: the held statement could not be resolved", SQLState.INTERNAL_ERROR, rule=command.hold.rule)
+        self.resume_from_hold(verdict)
+
+    def resume_from_hold(self, verdict) -> None:
+        if self.phase != "RELAY" or self.relay is None or not self.relay.held:
+            return
+        self._hold_cancel = None
+        self.relay.resume(verdict)
+        if not self.relay.held:
+            self.resume_client_reading("hold")
+        self._flush()
+
+    # ------------------------------------------------------------ cancel & shutdown
+
+    def cancel(self) -> None:
+        """A valid CancelRequest for this session arrived."""
+        if self.relay is not None and self.relay.held:
+            for task in list(self._tasks):
+                if task.get_name().startswith("hold["):
+                    task.cancel()
+            if self._hold_cancel is not None:
+                self._hold_cancel()
+            self.resume_from_hold(Deny("canceling statement due to user request", SQLState.QUERY_CANCELED, rule="client.cancel"))
+            return
+        if self.upstream_key is not None and self.target_name is not None:
+            self.gateway.forward_cancel(self.target_name, *self.upstream_key)
+
+    def start_draining(self) -> None:
+        self.draining = True
+        if self.phase != "RELAY":
+            self._fatal(SQLState.ADMIN_SHUTDOWN, "terminating connection due to administrator command", "gateway shutting down")
+        elif self.relay is not None and self.relay.idle:
+            self._close_for_shutdown()
+
+    def _close_for_shutdown(self) -> None:
+        self._fatal(SQLState.ADMIN_SHUTDOWN, "terminating connection due to administrator command", "gateway shutting down")
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if self.phase == "CLOSED":
+            return
+        if self.relay is not None and self.relay.closed:
+            self.close("client terminated")
+            return
+        self._fatal(
+            SQLState.ADMIN_SHUTDOWN if exc is None else SQLState.CONNECTION_FAILURE,
+            "pgwarden: the upstream server closed the connection",
+            "upstream closed the connection",
+        )
+
+    # ------------------------------------------------------------ flow control
+
+    def pause_client_reading(self, reason: str) -> None:
+        if not self._pauses and self.transport is not None:
+            try:
+                self.transport.pause_reading()
+            except (AttributeError, RuntimeError):
+                pass
+        self._pauses.add(reason)
+
+    def resume_client_reading(self, reason: str) -> None:
+        if reason not in self._pauses:
+            return
+        self._pauses.discard(reason)
+        if not self._pauses and self.transport is not None and not self.transport.is_closing():
+            try:
+                self.transport.resume_reading()
+            except (AttributeError, RuntimeError):
+                pass
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None and not self.upstream.closed:
+            self.upstream.transport.resume_reading()

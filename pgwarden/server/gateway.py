@@ -1,0 +1,183 @@
+"""The gateway process: listener, session registry, cancel routing, shutdown.
+
+``Gateway`` owns everything long-lived: the config, the pipeline, the TLS
+context, the listening server and the map from pgwarden-issued BackendKeyData
+to sessions. Cancel keys handed to clients are pgwarden's own (random pid and
+secret); a CancelRequest is matched with a constant-time compare and forwarded
+to the session's upstream backend, so a forged key cancels nothing and clients
+never see upstream backend ids.
+
+Shutdown (SIGTERM/SIGINT) happens in a fixed order: stop accepting; tell every
+session to drain (idle sessions close at once with 57P01, busy ones when they
+next become idle); after ``listen.shutdown_grace`` seconds close the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import secrets
+import signal
+from collections.abc import Sequence
+
+from ..config import Config
+from ..policy.pipeline import Pipeline, Stage
+from ..policy.stages import StatementLogStage
+from ..session.scram import ScramVerifier, parse_verifier
+from ..session.startup import StartupSettings
+from .client import ClientConnection
+from .tls import client_facing_context
+from .upstream import send_cancel
+
+__all__ = ["Gateway", "default_stages", "run", "install_uvloop"]
+
+log = logging.getLogger("pgwarden.gateway")
+
+
+def default_stages(config: Config) -> list[Stage]:
+    """The built-in pipeline, in order. Later issues insert their stages here."""
+    stages: list[Stage] = []
+    if config.logging.statements:
+        stages.append(StatementLogStage())
+    return stages
+
+
+def install_uvloop() -> bool:
+    """Use uvloop when it is installed (it roughly halves per-message loop overhead)."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+class Gateway:
+    def __init__(self, config: Config, stages: Sequence[Stage] | None = None) -> None:
+        self.config = config
+        self.pipeline = Pipeline(default_stages(config) if stages is None else stages)
+        self.client_tls_context = None
+        tls = config.listen.tls
+        if tls.mode != "disable":
+            self.client_tls_context = client_facing_context(tls.cert, tls.key, tls.min_version)  # type: ignore[arg-type]
+        verifiers: dict[str, ScramVerifier] = {u.name: parse_verifier(u.scram_verifier) for u in config.users}
+        self.startup_settings = StartupSettings(
+            tls_mode=tls.mode,
+            allow_plaintext_loopback=config.listen.allow_plaintext_loopback,
+            safe_parameters=config.safe_startup_parameters,
+            lookup_verifier=verifiers.get,
+        )
+        self.sessions: set[ClientConnection] = set()
+        self._keys: dict[int, tuple[int, ClientConnection]] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._background: set[asyncio.Task] = set()
+        self._stopping = False
+        self.stopped = asyncio.Event()
+        self.port: int | None = None
+
+    # ---------------------------------------------------------------- sessions
+
+    def register(self, conn: ClientConnection) -> bool:
+        if self._stopping or len(self.sessions) >= self.config.listen.max_connections:
+            return False
+        self.sessions.add(conn)
+        return True
+
+    def unregister(self, conn: ClientConnection) -> None:
+        self.sessions.discard(conn)
+        if conn.backend_key is not None:
+            self._keys.pop(conn.backend_key[0], None)
+        if self._stopping and not self.sessions:
+            self.stopped.set()
+
+    def issue_backend_key(self, conn: ClientConnection) -> tuple[int, int]:
+        while True:
+            pid = secrets.randbelow(2**31 - 1) + 1
+            if pid not in self._keys:
+                break
+        secret = secrets.randbits(32)
+        self._keys[pid] = (secret, conn)
+        return pid, secret
+
+    def cancel(self, pid: int, secret: int, peer: str | None) -> None:
+        entry = self._keys.get(pid)
+        if entry is None or not hmac.compare_digest(entry[0].to_bytes(4, "big"), secret.to_bytes(4, "big")):
+            log.warning("cancel request with an unknown key from %s ignored", peer or "local socket", extra={"event": "cancel_refused"})
+            return
+        conn = entry[1]
+        log.info("cancel request", extra={"session": conn.id, "event": "cancel"})
+        conn.cancel()
+
+    def forward_cancel(self, target_name: str, pid: int, secret: int) -> None:
+        target = self.config.targets[target_name]
+        self.spawn(send_cancel(target, pid, secret), "cancel-forward")
+
+    def spawn(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    # ---------------------------------------------------------------- serving
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        listen = self.config.listen
+        self._server = await loop.create_server(
+            lambda: ClientConnection(self), listen.host, listen.port, reuse_address=True, backlog=1024
+        )
+        sockets = self._server.sockets or []
+        self.port = sockets[0].getsockname()[1] if sockets else listen.port
+        log.info(
+            "listening on %s:%s (TLS %s), targets: %s",
+            listen.host,
+            self.port,
+            listen.tls.mode,
+            ", ".join(sorted(self.config.targets)),
+            extra={"event": "listening", "port": self.port},
+        )
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting, drain sessions, then close whatever is left after ``grace`` seconds."""
+        if self._stopping:
+            await self.stopped.wait()
+            return
+        self._stopping = True
+        grace = self.config.listen.shutdown_grace if grace is None else grace
+        if self._server is not None:
+            self._server.close()
+        log.info("shutting down: %d session(s) draining, grace %gs", len(self.sessions), grace, extra={"event": "shutdown"})
+        for conn in list(self.sessions):
+            conn.start_draining()
+        if not self.sessions:
+            self.stopped.set()
+        try:
+            await asyncio.wait_for(self.stopped.wait(), timeout=grace)
+        except asyncio.TimeoutError:
+            log.warning("grace period over: closing %d session(s)", len(self.sessions))
+            for conn in list(self.sessions):
+                conn._close_for_shutdown()
+        if self._server is not None:
+            await self._server.wait_closed()
+        for task in list(self._background):
+            task.cancel()
+        self.stopped.set()
+        log.info("stopped", extra={"event": "stopped"})
+
+
+async def run(config: Config, stages: Sequence[Stage] | None = None, ready=None) -> None:
+    """Serve until SIGTERM/SIGINT, then drain. ``ready(gateway)`` is called once listening."""
+    gateway = Gateway(config, stages)
+    await gateway.start()
+    if ready is not None:
+        ready(gateway)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    await stop.wait()
+    await gateway.shutdown()

@@ -1,0 +1,555 @@
+"""The relay: the authenticated phase of one session, as a sans-IO state machine.
+
+Theory of operation
+-------------------
+The driver feeds bytes from the client (:meth:`Relay.client_data`) and from the
+upstream server (:meth:`Relay.server_data`) and, after each call, sends what the
+relay put in :attr:`to_server` and :attr:`to_client` (one write each) and acts
+on :attr:`commands` (hold, close). Nothing here knows about sockets or asyncio.
+
+Client -> server. Every complete client message is handled in arrival order.
+Query, Parse and Execute become :class:`Statement` objects and pass the policy
+(``evaluate``); other messages are forwarded as the bytes they arrived in.
+Statements are evaluated as their message arrives rather than after the Sync
+that ends the request, so a pipelined batch of any size streams through with
+bounded memory; each Statement still records which request (Query, or
+Parse..Sync/Flush) it belongs to.
+
+Deny without lying about the transaction. A denied message is replaced by a
+*poison* message: a Query, or a Parse of a named statement, whose text can only
+fail in the parser. PostgreSQL then does exactly what it would do had the real
+statement failed: it aborts an open transaction block, discards extended-protocol
+messages until Sync, and reports the true transaction status in ReadyForQuery.
+The relay swaps the poison's ErrorResponse for the policy's own. A poison has no
+side effects (the parser rejects it before any prepared statement is touched),
+so a hostile client cannot turn it into anything else.
+
+Expected replies. Every forwarded message that the server answers leaves a
+:class:`_Pending` entry; server messages are matched against the head of that
+queue. That is how the relay knows which statement a CommandComplete or error
+belongs to, which ErrorResponse is a poison's, and when a speculative change to
+the prepared-statement map must be undone because the server discarded the
+message. DataRow and CopyData, the bulk of the traffic, are skipped by reading
+their 5-byte header only.
+
+Hold. When a stage holds a statement, processing of this client's input stops
+(later messages queue up, and the driver pauses reading); the upstream side keeps
+flowing. :meth:`resume` continues with the final verdict.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..wire import encode
+from ..wire.constants import B, F, SQLState
+from ..wire.frames import FrameBuffer, ProtocolViolation, unpack_uint32
+from ..wire.messages import decode_cstring, decode_error_fields, decode_parameter_status, decode_parse, decode_query
+from .statement import Kind, Protocol, SessionInfo, Statement
+from .verdict import ALLOW, Allow, Deny, Hold, Rewrite, Verdict
+
+__all__ = ["Relay", "HoldRequested", "CloseRequested", "StageFailed", "Evaluate", "POISON_TEXT"]
+
+POISON_TEXT = "pgwarden denied this statement"
+POISON_STATEMENT = "pgwarden_denied"
+_POISON_QUERY = encode.query(POISON_TEXT)
+_POISON_PARSE = encode.parse(POISON_STATEMENT, POISON_TEXT)
+
+#: evaluate(statement, first_stage) -> Verdict
+Evaluate = Callable[[Statement, int], Verdict]
+
+_MISSING: Any = object()
+
+# Pending reply kinds.
+_PARSE, _BIND, _DESCRIBE, _EXECUTE, _CLOSE, _SYNC, _QUERY, _POISON_PARSE, _POISON_QUERY = range(9)
+_ENDS_WITH_READY = (_SYNC, _QUERY, _POISON_QUERY)
+
+
+class _Pending:
+    __slots__ = ("kind", "stmt", "deny", "undo")
+
+    def __init__(self, kind: int, stmt: Statement | None = None, deny: Deny | None = None, undo: tuple | None = None):
+        self.kind = kind
+        self.stmt = stmt
+        self.deny = deny
+        # (dict, key, previous value or _MISSING): how to revert a speculative
+        # map change if the server discards this message.
+        self.undo = undo
+
+
+class _Portal:
+    __slots__ = ("text", "statement_name", "param_types", "bind_body")
+
+    def __init__(self, text: str | None, statement_name: str, param_types: tuple, bind_body: bytes):
+        self.text = text
+        self.statement_name = statement_name
+        self.param_types = param_types
+        self.bind_body = bind_body
+
+
+class _Prepared:
+    __slots__ = ("text", "param_types")
+
+    def __init__(self, text: str, param_types: tuple[int, ...]):
+        self.text = text
+        self.param_types = param_types
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRequested:
+    """The driver must await ``hold.wait()`` and call :meth:`Relay.resume` with the result."""
+
+    hold: Hold
+    statement: Statement
+
+
+@dataclass(frozen=True, slots=True)
+class StageFailed:
+    """A policy stage raised: the statement was refused; the driver logs the bug."""
+
+    error: BaseException
+    statement: Statement
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRequested:
+    reason: str
+    error: bytes | None = None  # a FATAL ErrorResponse to send first, if any
+
+
+class Relay:
+    def __init__(
+        self,
+        session: SessionInfo,
+        evaluate: Evaluate,
+        completed: Callable[[Statement], None] | None = None,
+        *,
+        max_message_size: int = 64 * 1024 * 1024,
+        rewrite_parameter: Callable[[str, str], str | None] | None = None,
+    ) -> None:
+        self.session = session
+        self._evaluate = evaluate
+        self._completed = completed
+        self._rewrite_parameter = rewrite_parameter
+        self._client = FrameBuffer(max_message_size)
+        self._server_tail = b""
+        self._queue: deque[tuple[int, memoryview]] = deque()
+        self._pending: deque[_Pending] = deque()
+        self._prepared: dict[str, _Prepared] = {}
+        self._portals: dict[str, _Portal] = {}
+        self._discarding = False
+        self._held: tuple[Statement, Hold, int, memoryview] | None = None
+        self._request = 0
+        self._request_open = False
+        self.to_server: list[bytes | memoryview] = []
+        self.to_client: list[bytes | memoryview] = []
+        self.commands: list[HoldRequested | CloseRequested | StageFailed] = []
+        self.closed = False
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def txn_status(self) -> str:
+        return self.session.txn_status
+
+    @property
+    def held(self) -> bool:
+        return self._held is not None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight, nothing queued, not in a transaction: safe to close."""
+        return not self._pending and not self._queue and self._held is None and self.session.txn_status == "I"
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._client.buffered + sum(len(m) for _, m in self._queue)
+
+    # --------------------------------------------------------- client -> server
+
+    def client_data(self, data: bytes) -> None:
+        """Bytes from the client. Raises ProtocolViolation for a malformed stream."""
+        buf, frames = self._client.feed(data)
+        if not frames:
+            return
+        view = memoryview(buf)
+        queue = self._queue
+        for t, start, end in frames:
+            queue.append((t, view[start:end]))
+        if self._held is None:
+            self._drain_queue()
+
+    def _drain_queue(self) -> None:
+        queue = self._queue
+        while queue and self._held is None and not self.closed:
+            t, msg = queue.popleft()
+            self._client_message(t, msg)
+
+    def _client_message(self, t: int, msg: memoryview) -> None:
+        if self._discarding and t != F.SYNC:
+            # After a poison in the extended protocol the server discards until
+            # Sync; so do we, without evaluating what would never run.
+            return
+        if t == F.QUERY:
+            self._on_query(msg)
+        elif t == F.EXECUTE:
+            self._on_execute(msg)
+        elif t == F.BIND:
+            self._on_bind(msg)
+        elif t == F.PARSE:
+            self._on_parse(msg)
+        elif t == F.SYNC:
+            self._open_request()
+            self._request_open = False
+            self._discarding = False
+            self._forward(msg, _Pending(_SYNC))
+        elif t == F.DESCRIBE:
+            self._open_request()
+            self._forward(msg, _Pending(_DESCRIBE))
+        elif t == F.CLOSE:
+            self._on_close(msg)
+        elif t == F.FLUSH:
+            self._request_open = False
+            self.to_server.append(msg)
+        elif t in (F.COPY_DATA, F.COPY_DONE, F.COPY_FAIL):
+            # Data of a COPY the policy already allowed; outside COPY the server ignores it.
+            self.to_server.append(msg)
+        elif t == F.FUNCTION_CALL:
+            self._on_function_call(msg)
+        elif t == F.TERMINATE:
+            self.to_server.append(msg)
+            self.closed = True
+            self.commands.append(CloseRequested("client sent Terminate"))
+        else:
+            raise ProtocolViolation(f"unexpected client message type {chr(t)!r}" if 32 < t < 127 else f"0x{t:02x}")
+
+    def _open_request(self) -> int:
+        if not self._request_open:
+            self._request += 1
+            self._request_open = True
+        return self._request
+
+    def _forward(self, msg: bytes | memoryview, pending: _Pending) -> None:
+        self.to_server.append(msg)
+        self._pending.append(pending)
+
+    def _on_query(self, msg: memoryview) -> None:
+        self._request_open = False
+        self._request += 1
+        stmt = Statement(Kind.QUERY, Protocol.SIMPLE, decode_query(bytes(msg[5:])), self.session, self._request)
+        self._decide(stmt, msg, 0)
+
+    def _on_parse(self, msg: memoryview) -> None:
+        parse = decode_parse(bytes(msg[5:]))
+        stmt = Statement(
+            Kind.PARSE,
+            Protocol.EXTENDED,
+            parse.query,
+            self.session,
+            self._open_request(),
+            statement_name=parse.name,
+            param_types=parse.param_types,
+        )
+        self._decide(stmt, msg, 0)
+
+    def _on_bind(self, msg: memoryview) -> None:
+        self._open_request()
+        body = bytes(msg[5:])
+        portal, pos = decode_cstring(body, 0)
+        name, _ = decode_cstring(body, pos)
+        prepared = self._prepared.get(name)
+        entry = _Portal(
+            prepared.text if prepared else None, name, prepared.param_types if prepared else (), body
+        )
+        undo = (self._portals, portal, self._portals.get(portal, _MISSING))
+        self._portals[portal] = entry
+        self._forward(msg, _Pending(_BIND, undo=undo))
+
+    def _on_execute(self, msg: memoryview) -> None:
+        portal_name, _ = decode_cstring(bytes(msg), 5)
+        portal = self._portals.get(portal_name)
+        stmt = Statement(
+            Kind.EXECUTE,
+            Protocol.EXTENDED,
+            portal.text if portal else None,
+            self.session,
+            self._open_request(),
+            statement_name=portal.statement_name if portal else None,
+            portal_name=portal_name,
+            param_types=portal.param_types if portal else (),
+            bind_body=portal.bind_body if portal else None,
+        )
+        self._decide(stmt, msg, 0)
+
+    def _on_close(self, msg: memoryview) -> None:
+        self._open_request()
+        kind = msg[5]
+        name, _ = decode_cstring(bytes(msg), 6)
+        table: dict = self._prepared if kind == ord("S") else self._portals
+        undo = (table, name, table.pop(name, _MISSING))
+        self._forward(msg, _Pending(_CLOSE, undo=undo))
+
+    def _on_function_call(self, msg: memoryview) -> None:
+        self._request_open = False
+        self._request += 1
+        stmt = Statement(Kind.FUNCTION_CALL, Protocol.SIMPLE, None, self.session, self._request)
+        deny = Deny(
+            "pgwarden: fast-path function calls are refused because they bypass SQL inspection",
+            SQLState.FEATURE_NOT_SUPPORTED,
+            rule="protocol.function_call",
+            hint="Call the function with SELECT instead.",
+        )
+        stmt.verdict = deny
+        self._send_poison(stmt, deny)
+
+    # ------------------------------------------------------------ the decision
+
+    def _decide(self, stmt: Statement, msg: memoryview, first_stage: int) -> None:
+        try:
+            verdict = self._evaluate(stmt, first_stage)
+        except Exception as exc:  # a stage's bug must fail closed, not open
+            verdict = Deny(
+                f"pgwarden: policy evaluation failed ({type(exc).__name__}); statement refused",
+                SQLState.INTERNAL_ERROR,
+                rule="pipeline.error",
+            )
+            self.commands.append(StageFailed(exc, stmt))
+        if isinstance(verdict, Hold):
+            self._held = (stmt, verdict, first_stage, msg)
+            self.commands.append(HoldRequested(verdict, stmt))
+            return
+        self._apply(stmt, msg, verdict)
+
+    def _apply(self, stmt: Statement, msg: memoryview, verdict: Verdict) -> None:
+        stmt.verdict = verdict
+        if isinstance(verdict, Deny):
+            self._send_poison(stmt, verdict)
+            return
+        if isinstance(verdict, Rewrite):
+            if stmt.kind == Kind.EXECUTE:
+                deny = Deny(
+                    "pgwarden: a statement cannot be rewritten at Execute", SQLState.INTERNAL_ERROR, rule=verdict.rule
+                )
+                stmt.verdict = deny
+                self._send_poison(stmt, deny)
+                return
+            stmt.text = verdict.text
+            msg = (
+                encode.query(verdict.text)
+                if stmt.kind == Kind.QUERY
+                else encode.parse(stmt.statement_name or "", verdict.text, stmt.param_types)
+            )
+        stmt.mark_started()
+        kind = stmt.kind
+        if kind == Kind.QUERY:
+            self._forward(msg, _Pending(_QUERY, stmt))
+        elif kind == Kind.EXECUTE:
+            self._forward(msg, _Pending(_EXECUTE, stmt))
+        else:  # PARSE
+            name = stmt.statement_name or ""
+            undo = None
+            if name == "" or name not in self._prepared:
+                # Speculative: the server may still fail this Parse; undone on error.
+                undo = (self._prepared, name, self._prepared.get(name, _MISSING))
+                self._prepared[name] = _Prepared(stmt.text or "", stmt.param_types)
+            self._forward(msg, _Pending(_PARSE, stmt, undo=undo))
+
+    def _send_poison(self, stmt: Statement, deny: Deny) -> None:
+        stmt.mark_started()
+        if stmt.protocol == Protocol.SIMPLE:
+            self._forward(_POISON_QUERY, _Pending(_POISON_QUERY, stmt, deny))
+        else:
+            self._forward(_POISON_PARSE, _Pending(_POISON_PARSE, stmt, deny))
+            self._discarding = True
+
+    def resume(self, verdict: Verdict) -> None:
+        """Continue after a hold with the verdict its ``wait()`` produced."""
+        if self._held is None:
+            return
+        stmt, hold, first_stage, msg = self._held
+        self._held = None
+        if isinstance(verdict, Allow):
+            # Continue with the stages after the one that held (the pipeline noted it).
+            self._decide(stmt, msg, stmt.next_stage)
+        elif isinstance(verdict, Hold):
+            self._held = (stmt, verdict, first_stage, msg)
+            self.commands.append(HoldRequested(verdict, stmt))
+            return
+        else:
+            self._apply(stmt, msg, verdict)
+        if self._held is None:
+            self._drain_queue()
+
+    # --------------------------------------------------------- server -> client
+
+    def server_data(self, data: bytes) -> None:
+        """Bytes from the upstream server. Raises ProtocolViolation if it is not speaking the protocol."""
+        buf = self._server_tail + data if self._server_tail else data
+        end = len(buf)
+        pos = 0
+        span = 0
+        out = self.to_client
+        unpack = unpack_uint32
+        while end - pos >= 5:
+            t = buf[pos]
+            size = unpack(buf, pos + 1)[0] + 1
+            if size < 5:
+                raise ProtocolViolation(f"upstream sent a message with invalid length {size - 1}")
+            if size > end - pos:
+                break
+            if t == 68 or t == 100:  # DataRow, CopyData: the bulk, untouched
+                pos += size
+                continue
+            replacement = self._server_message(t, buf, pos, size)
+            if replacement is not None:
+                if pos > span:
+                    out.append(buf[span:pos])
+                if replacement:
+                    out.append(replacement)
+                span = pos + size
+            pos += size
+        if span == 0 and pos == end:
+            out.append(buf)
+        elif pos > span:
+            out.append(buf[span:pos])
+        self._server_tail = buf[pos:] if pos < end else b""
+
+    def _server_message(self, t: int, buf: bytes, pos: int, size: int) -> bytes | None:
+        """Track one non-bulk server message; return replacement bytes, b"" to drop, None to pass."""
+        pending = self._pending
+        head = pending[0] if pending else None
+        if t == B.READY_FOR_QUERY:
+            status = chr(buf[pos + 5])
+            self.session.txn_status = status
+            while pending:
+                entry = pending.popleft()
+                if entry.kind in _ENDS_WITH_READY:
+                    self._finish_ready(entry)
+                    break
+                self._finish(entry, "skipped")  # out of step: never let the queue wedge
+            if not pending and status == "I":
+                self._portals.clear()  # portals die with the transaction
+            return None
+        if t == B.COMMAND_COMPLETE:
+            if head is not None and head.stmt is not None:
+                tag = bytes(buf[pos + 5 : pos + size - 1]).decode("utf-8", "replace")
+                head.stmt.tags.append(tag)
+                if head.kind == _EXECUTE:
+                    pending.popleft()
+                    self._finish(head, "ok")
+            return None
+        if t == B.PARSE_COMPLETE or t == B.BIND_COMPLETE or t == B.CLOSE_COMPLETE or t == B.NO_DATA:
+            if head is not None:
+                pending.popleft()
+                if head.kind == _PARSE:
+                    self._finish(head, "ok")
+            return None
+        if t == B.ROW_DESCRIPTION:
+            if head is not None and head.kind == _DESCRIBE:
+                pending.popleft()
+            return None
+        if t == B.PORTAL_SUSPENDED or t == B.EMPTY_QUERY_RESPONSE:
+            if head is not None and head.kind == _EXECUTE:
+                pending.popleft()
+                self._finish(head, "ok")
+            return None
+        if t == B.ERROR_RESPONSE:
+            return self._on_server_error(buf, pos, size)
+        if t == B.PARAMETER_STATUS:
+            name, value = decode_parameter_status(buf[pos + 5 : pos + size])
+            self.session.server_params[name] = value
+            if self._rewrite_parameter is not None:
+                new = self._rewrite_parameter(name, value)
+                if new is not None and new != value:
+                    return encode.parameter_status(name, new)
+            return None
+        if t in (B.AUTHENTICATION, B.BACKEND_KEY_DATA, B.NEGOTIATE_PROTOCOL_VERSION):
+            raise ProtocolViolation(f"upstream sent startup message {chr(t)!r} after startup")
+        # ParameterDescription, NoticeResponse, NotificationResponse, Copy*Response,
+        # CopyDone, FunctionCallResponse: relayed untouched.
+        return None
+
+    def _on_server_error(self, buf: bytes, pos: int, size: int) -> bytes | None:
+        pending = self._pending
+        if not pending:
+            return None  # e.g. FATAL on admin shutdown: relay as is
+        head = pending[0]
+        if head.kind == _POISON_QUERY:
+            head.stmt.status = "denied"
+            return _deny_error(head.deny)
+        if head.kind in (_QUERY,):
+            head.stmt.error = decode_error_fields(buf[pos + 5 : pos + size])
+            head.stmt.status = "error"
+            return None
+        if head.kind == _SYNC:
+            return None  # the implicit transaction failed at commit; ReadyForQuery follows
+        # Extended protocol: the failing message is at the head; the server now
+        # discards everything up to the next Sync.
+        failed = pending.popleft()
+        replacement = None
+        if failed.kind == _POISON_PARSE:
+            self._finish(failed, "denied")
+            replacement = _deny_error(failed.deny)
+        else:
+            if failed.stmt is not None:
+                failed.stmt.error = decode_error_fields(buf[pos + 5 : pos + size])
+            self._undo(failed)
+            self._finish(failed, "error")
+        discarded = []
+        while pending and pending[0].kind != _SYNC:
+            discarded.append(pending.popleft())
+        for entry in reversed(discarded):
+            self._undo(entry)
+        for entry in discarded:
+            self._finish(entry, "skipped")
+        return replacement
+
+    def _undo(self, entry: _Pending) -> None:
+        if entry.undo is not None:
+            table, key, previous = entry.undo
+            if previous is _MISSING:
+                table.pop(key, None)
+            else:
+                table[key] = previous
+
+    def _finish_ready(self, entry: _Pending) -> None:
+        stmt = entry.stmt
+        if stmt is None:
+            return
+        if entry.kind == _POISON_QUERY:
+            self._finish(entry, "denied")
+        elif stmt.status == "pending":
+            self._finish(entry, "ok")
+        else:
+            self._finish(entry, stmt.status)
+
+    def _finish(self, entry: _Pending, status: str) -> None:
+        stmt = entry.stmt
+        if stmt is None:
+            return
+        stmt.finish(status)
+        if self._completed is not None:
+            self._completed(stmt)
+
+    # ------------------------------------------------------------------ misc
+
+    def take_output(self) -> tuple[list, list, list]:
+        """Hand the accumulated output to the driver and start fresh lists."""
+        out = (self.to_server, self.to_client, self.commands)
+        self.to_server, self.to_client, self.commands = [], [], []
+        return out
+
+    def pending_statements(self) -> list[Statement]:
+        return [e.stmt for e in self._pending if e.stmt is not None]
+
+
+def _deny_error(deny: Deny | None) -> bytes:
+    if deny is None:
+        return encode.error_response(SQLState.INSUFFICIENT_PRIVILEGE, "pgwarden: statement denied")
+    detail = deny.detail
+    if deny.rule and not detail:
+        detail = f'Refused by pgwarden rule "{deny.rule}".'
+    return encode.error_response(deny.sqlstate, deny.message, detail=detail, hint=deny.hint)

@@ -1,0 +1,135 @@
+"""The one ``Statement`` shape every policy stage sees, for both query protocols.
+
+A simple Query becomes one Statement (kind ``query``); in the extended protocol a
+Parse becomes a Statement of kind ``parse`` (the text is being prepared) and each
+Execute one of kind ``execute`` (the text and the Bind parameters that run). A
+FunctionCall becomes kind ``function_call`` and is always refused.
+
+Statements are mutable, long-lived only while in flight: the relay fills in the
+outcome (command tag, error, timing) when the upstream's reply completes, then
+hands it to the pipeline's ``completed`` hooks. Bind parameters are decoded only
+when someone reads ``params`` (the fast path never does).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..wire import messages
+from .verdict import Verdict
+
+__all__ = ["Statement", "SessionInfo", "Protocol", "Kind"]
+
+
+class Protocol:
+    SIMPLE = "simple"
+    EXTENDED = "extended"
+
+
+class Kind:
+    QUERY = "query"
+    PARSE = "parse"
+    EXECUTE = "execute"
+    FUNCTION_CALL = "function_call"
+
+
+@dataclass(slots=True)
+class SessionInfo:
+    """What stages may know about the session a statement belongs to."""
+
+    id: str
+    user: str
+    target: str
+    client_addr: str
+    tls: str | None = None  # e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384"
+    application_name: str = ""
+    startup_params: dict[str, str] = field(default_factory=dict)
+    server_params: dict[str, str] = field(default_factory=dict)
+    txn_status: str = "I"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Statement:
+    __slots__ = (
+        "kind",
+        "protocol",
+        "text",
+        "session",
+        "request",
+        "statement_name",
+        "portal_name",
+        "param_types",
+        "_bind_body",
+        "_params",
+        "verdict",
+        "started_ns",
+        "duration_ns",
+        "tags",
+        "error",
+        "status",
+        "next_stage",
+    )
+
+    def __init__(
+        self,
+        kind: str,
+        protocol: str,
+        text: str | None,
+        session: SessionInfo,
+        request: int,
+        *,
+        statement_name: str | None = None,
+        portal_name: str | None = None,
+        param_types: tuple[int, ...] = (),
+        bind_body: bytes | memoryview | None = None,
+    ) -> None:
+        self.kind = kind
+        self.protocol = protocol
+        self.text = text
+        self.session = session
+        self.request = request
+        self.statement_name = statement_name
+        self.portal_name = portal_name
+        self.param_types = param_types
+        self._bind_body = bind_body
+        self._params: tuple[bytes | None, ...] | None = None
+        self.verdict: Verdict | None = None
+        self.started_ns = 0
+        self.duration_ns = 0
+        self.tags: list[str] = []
+        self.error: messages.ErrorFields | None = None
+        # pending -> ok | error | denied | skipped (discarded after an earlier error)
+        self.status = "pending"
+        # Index of the first policy stage still to run (set by the pipeline on a hold).
+        self.next_stage = 0
+
+    @property
+    def params(self) -> tuple[bytes | None, ...]:
+        """Bind parameters as raw bytes (decoded on first use)."""
+        if self._params is None:
+            self._params = messages.decode_bind(bytes(self._bind_body)).params if self._bind_body is not None else ()
+        return self._params
+
+    @property
+    def param_formats(self) -> tuple[int, ...]:
+        if self._bind_body is None:
+            return ()
+        return messages.decode_bind(bytes(self._bind_body)).param_formats
+
+    @property
+    def tag(self) -> str | None:
+        return self.tags[-1] if self.tags else None
+
+    def mark_started(self) -> None:
+        self.started_ns = time.perf_counter_ns()
+
+    def finish(self, status: str) -> None:
+        self.status = status
+        if self.started_ns:
+            self.duration_ns = time.perf_counter_ns() - self.started_ns
+
+    def __repr__(self) -> str:
+        text = self.text if self.text is None or len(self.text) < 60 else self.text[:57] + "..."
+        return f"<Statement {self.kind} {self.protocol} {text!r} {self.status}>"
