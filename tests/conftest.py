@@ -19,3 +19,59 @@ def pg() -> Iterator[TestPostgres]:
     """A running :class:`TestPostgres`, stopped and deleted after the session."""
     with TestPostgres() as server:
         yield server
+
+
+# ---------------------------------------------------------------- gateway
+
+import os  # noqa: E402
+
+from pgwarden.session.scram import make_verifier  # noqa: E402
+from pgwarden.testing.gateway import RunningGateway, gateway_config  # noqa: E402
+from pgwarden.testing.stages import DenyMarkerStage, HoldMarkerStage, RecordingStage  # noqa: E402
+
+GW_USER = "alice"
+GW_PASSWORD = "alice-secret-pw"
+_VERIFIER = make_verifier(GW_PASSWORD)
+
+
+@pytest.fixture(scope="session")
+def gw_users() -> list[dict]:
+    return [{"name": GW_USER, "scram_verifier": _VERIFIER}]
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory) -> dict:
+    from pgwarden.certs import write_ca_signed
+
+    return write_ca_signed(tmp_path_factory.mktemp("gwtls"), ("localhost", "127.0.0.1"))
+
+
+@pytest.fixture(scope="session")
+def stages() -> dict:
+    """The test stages the shared gateway runs: deny ``/*deny*/``, hold ``/*hold*/``, record all."""
+    return {"deny": DenyMarkerStage(), "hold": HoldMarkerStage(), "record": RecordingStage()}
+
+
+@pytest.fixture(scope="session")
+def gateway(pg, gw_users, tls_files, stages) -> Iterator[RunningGateway]:
+    """A gateway in front of ``pg`` (target ``app``), TLS preferred, with the test stages."""
+    from pgwarden.policy.stages import StatementLogStage
+
+    config = gateway_config(
+        pg,
+        users=gw_users,
+        tls={"mode": "prefer", "cert": str(tls_files["cert"]), "key": str(tls_files["key"])},
+    )
+    with RunningGateway(config, [StatementLogStage(), stages["deny"], stages["hold"], stages["record"]]) as gw:
+        yield gw
+
+
+@pytest.fixture()
+def gw_dsn(gateway) -> str:
+    """libpq DSN for the shared gateway as the static user ``alice``."""
+    return gateway.dsn(GW_USER, GW_PASSWORD)
+
+
+@pytest.fixture()
+def gw_url(gateway) -> str:
+    return f"postgresql://{GW_USER}:{GW_PASSWORD}@{gateway.host}:{gateway.port}/app"

@@ -94,6 +94,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _teardown(self, reason: str) -> None:
         previous = self.phase
+        if previous == "CLOSED":
+            return
         self.phase = "CLOSED"
         self.close_reason = self.close_reason or reason
         if self._timer is not None:

@@ -55,8 +55,8 @@ __all__ = ["Relay", "HoldRequested", "CloseRequested", "StageFailed", "Evaluate"
 
 POISON_TEXT = "pgwarden denied this statement"
 POISON_STATEMENT = "pgwarden_denied"
-_POISON_QUERY = encode.query(POISON_TEXT)
-_POISON_PARSE = encode.parse(POISON_STATEMENT, POISON_TEXT)
+POISON_QUERY_BYTES = encode.query(POISON_TEXT)
+POISON_PARSE_BYTES = encode.parse(POISON_STATEMENT, POISON_TEXT)
 
 #: evaluate(statement, first_stage) -> Verdict
 Evaluate = Callable[[Statement, int], Verdict]
@@ -360,9 +360,9 @@ class Relay:
     def _send_poison(self, stmt: Statement, deny: Deny) -> None:
         stmt.mark_started()
         if stmt.protocol == Protocol.SIMPLE:
-            self._forward(_POISON_QUERY, _Pending(_POISON_QUERY, stmt, deny))
+            self._forward(POISON_QUERY_BYTES, _Pending(_POISON_QUERY, stmt, deny))
         else:
-            self._forward(_POISON_PARSE, _Pending(_POISON_PARSE, stmt, deny))
+            self._forward(POISON_PARSE_BYTES, _Pending(_POISON_PARSE, stmt, deny))
             self._discarding = True
 
     def resume(self, verdict: Verdict) -> None:
