@@ -83,7 +83,7 @@ class _Pending:
 class _Portal:
     __slots__ = ("text", "statement_name", "param_types", "bind_body")
 
-    def __init__(self, text: str | None, statement_name: str, param_types: tuple, bind_body: bytes):
+    def __init__(self, text: str | None, statement_name: str, param_types: tuple, bind_body: tuple[bytes, int, int]):
         self.text = text
         self.statement_name = statement_name
         self.param_types = param_types
@@ -136,12 +136,15 @@ class Relay:
         self._rewrite_parameter = rewrite_parameter
         self._client = FrameBuffer(max_message_size)
         self._server_tail = b""
-        self._queue: deque[tuple[int, memoryview]] = deque()
+        self._queue: deque[tuple[int, bytes, int, int]] = deque()
+        self._span_buf: bytes | None = None
+        self._span_start = 0
+        self._span_stop = 0
         self._pending: deque[_Pending] = deque()
         self._prepared: dict[str, _Prepared] = {}
         self._portals: dict[str, _Portal] = {}
         self._discarding = False
-        self._held: tuple[Statement, Hold, int, memoryview] | None = None
+        self._held: tuple[Statement, Hold, int, tuple[bytes, int, int]] | None = None
         self._request = 0
         self._request_open = False
         self.to_server: list[bytes | memoryview] = []
@@ -166,7 +169,9 @@ class Relay:
 
     @property
     def queued_bytes(self) -> int:
-        return self._client.buffered + sum(len(m) for _, m in self._queue)
+        if not self._queue:
+            return self._client.buffered
+        return self._client.buffered + sum(e - s for _, _, s, e in self._queue)
 
     # --------------------------------------------------------- client -> server
 
@@ -175,56 +180,87 @@ class Relay:
         buf, frames = self._client.feed(data)
         if not frames:
             return
-        view = memoryview(buf)
-        queue = self._queue
-        for t, start, end in frames:
-            queue.append((t, view[start:end]))
-        if self._held is None:
-            self._drain_queue()
+        if self._queue or self._held is not None:
+            self._queue.extend((t, buf, s, e) for t, s, e in frames)
+            if self._held is None:
+                self._drain_queue()
+            return
+        # Fast path: handle frames in place; unchanged runs go out as one span.
+        for index, (t, start, stop) in enumerate(frames):
+            if self._held is not None or self.closed:
+                self._queue.extend((t2, buf, s2, e2) for t2, s2, e2 in frames[index:])
+                break
+            self._client_message(t, buf, start, stop)
+        self._end_span()
 
     def _drain_queue(self) -> None:
         queue = self._queue
         while queue and self._held is None and not self.closed:
-            t, msg = queue.popleft()
-            self._client_message(t, msg)
+            t, buf, start, stop = queue.popleft()
+            self._client_message(t, buf, start, stop)
+        self._end_span()
 
-    def _client_message(self, t: int, msg: memoryview) -> None:
+    # Output spans: consecutive messages forwarded unchanged from the same
+    # buffer are sent as one slice (usually the whole chunk, without a copy).
+
+    def _pass(self, buf: bytes, start: int, stop: int) -> None:
+        if self._span_buf is buf and self._span_stop == start:
+            self._span_stop = stop
+            return
+        self._end_span()
+        self._span_buf, self._span_start, self._span_stop = buf, start, stop
+
+    def _end_span(self) -> None:
+        buf = self._span_buf
+        if buf is not None:
+            start, stop = self._span_start, self._span_stop
+            self.to_server.append(buf if start == 0 and stop == len(buf) else buf[start:stop])
+            self._span_buf = None
+
+    def _emit(self, data: bytes) -> None:
+        self._end_span()
+        self.to_server.append(data)
+
+    def _client_message(self, t: int, buf: bytes, start: int, stop: int) -> None:
         if self._discarding and t != F.SYNC:
             # After a poison in the extended protocol the server discards until
             # Sync; so do we, without evaluating what would never run.
             return
         if t == F.QUERY:
-            self._on_query(msg)
+            self._on_query(buf, start, stop)
         elif t == F.EXECUTE:
-            self._on_execute(msg)
+            self._on_execute(buf, start, stop)
         elif t == F.BIND:
-            self._on_bind(msg)
+            self._on_bind(buf, start, stop)
         elif t == F.PARSE:
-            self._on_parse(msg)
+            self._on_parse(buf, start, stop)
         elif t == F.SYNC:
             self._open_request()
             self._request_open = False
             self._discarding = False
-            self._forward(msg, _Pending(_SYNC))
+            self._pass(buf, start, stop)
+            self._pending.append(_Pending(_SYNC))
         elif t == F.DESCRIBE:
             self._open_request()
-            self._forward(msg, _Pending(_DESCRIBE))
+            self._pass(buf, start, stop)
+            self._pending.append(_Pending(_DESCRIBE))
         elif t == F.CLOSE:
-            self._on_close(msg)
+            self._on_close(buf, start, stop)
         elif t == F.FLUSH:
             self._request_open = False
-            self.to_server.append(msg)
+            self._pass(buf, start, stop)
         elif t in (F.COPY_DATA, F.COPY_DONE, F.COPY_FAIL):
             # Data of a COPY the policy already allowed; outside COPY the server ignores it.
-            self.to_server.append(msg)
+            self._pass(buf, start, stop)
         elif t == F.FUNCTION_CALL:
-            self._on_function_call(msg)
+            self._on_function_call()
         elif t == F.TERMINATE:
-            self.to_server.append(msg)
+            self._pass(buf, start, stop)
             self.closed = True
             self.commands.append(CloseRequested("client sent Terminate"))
         else:
-            raise ProtocolViolation(f"unexpected client message type {chr(t)!r}" if 32 < t < 127 else f"0x{t:02x}")
+            shown = repr(chr(t)) if 32 < t < 127 else f"0x{t:02x}"
+            raise ProtocolViolation(f"unexpected client message type {shown}")
 
     def _open_request(self) -> int:
         if not self._request_open:
@@ -232,18 +268,15 @@ class Relay:
             self._request_open = True
         return self._request
 
-    def _forward(self, msg: bytes | memoryview, pending: _Pending) -> None:
-        self.to_server.append(msg)
-        self._pending.append(pending)
-
-    def _on_query(self, msg: memoryview) -> None:
+    def _on_query(self, buf: bytes, start: int, stop: int) -> None:
         self._request_open = False
         self._request += 1
-        stmt = Statement(Kind.QUERY, Protocol.SIMPLE, decode_query(bytes(msg[5:])), self.session, self._request)
-        self._decide(stmt, msg, 0)
+        text = decode_query(buf[start + 5 : stop])
+        stmt = Statement(Kind.QUERY, Protocol.SIMPLE, text, self.session, self._request)
+        self._decide(stmt, (buf, start, stop), 0)
 
-    def _on_parse(self, msg: memoryview) -> None:
-        parse = decode_parse(bytes(msg[5:]))
+    def _on_parse(self, buf: bytes, start: int, stop: int) -> None:
+        parse = decode_parse(buf[start + 5 : stop])
         stmt = Statement(
             Kind.PARSE,
             Protocol.EXTENDED,
@@ -253,46 +286,55 @@ class Relay:
             statement_name=parse.name,
             param_types=parse.param_types,
         )
-        self._decide(stmt, msg, 0)
+        self._decide(stmt, (buf, start, stop), 0)
 
-    def _on_bind(self, msg: memoryview) -> None:
+    def _on_bind(self, buf: bytes, start: int, stop: int) -> None:
         self._open_request()
-        body = bytes(msg[5:])
-        portal, pos = decode_cstring(body, 0)
-        name, _ = decode_cstring(body, pos)
+        portal, pos = _name_at(buf, start + 5, stop)
+        name, _ = _name_at(buf, pos, stop)
         prepared = self._prepared.get(name)
         entry = _Portal(
-            prepared.text if prepared else None, name, prepared.param_types if prepared else (), body
+            prepared.text if prepared else None, name, prepared.param_types if prepared else (), (buf, start + 5, stop)
         )
-        undo = (self._portals, portal, self._portals.get(portal, _MISSING))
-        self._portals[portal] = entry
-        self._forward(msg, _Pending(_BIND, undo=undo))
+        portals = self._portals
+        undo = (portals, portal, portals.get(portal, _MISSING))
+        portals[portal] = entry
+        self._pass(buf, start, stop)
+        self._pending.append(_Pending(_BIND, undo=undo))
 
-    def _on_execute(self, msg: memoryview) -> None:
-        portal_name, _ = decode_cstring(bytes(msg), 5)
+    def _on_execute(self, buf: bytes, start: int, stop: int) -> None:
+        portal_name, _ = _name_at(buf, start + 5, stop)
         portal = self._portals.get(portal_name)
-        stmt = Statement(
-            Kind.EXECUTE,
-            Protocol.EXTENDED,
-            portal.text if portal else None,
-            self.session,
-            self._open_request(),
-            statement_name=portal.statement_name if portal else None,
-            portal_name=portal_name,
-            param_types=portal.param_types if portal else (),
-            bind_body=portal.bind_body if portal else None,
-        )
-        self._decide(stmt, msg, 0)
+        if portal is None:
+            stmt = Statement(
+                Kind.EXECUTE, Protocol.EXTENDED, None, self.session, self._open_request(), portal_name=portal_name
+            )
+        else:
+            stmt = Statement(
+                Kind.EXECUTE,
+                Protocol.EXTENDED,
+                portal.text,
+                self.session,
+                self._open_request(),
+                statement_name=portal.statement_name,
+                portal_name=portal_name,
+                param_types=portal.param_types,
+                bind_body=portal.bind_body,
+            )
+        self._decide(stmt, (buf, start, stop), 0)
 
-    def _on_close(self, msg: memoryview) -> None:
+    def _on_close(self, buf: bytes, start: int, stop: int) -> None:
         self._open_request()
-        kind = msg[5]
-        name, _ = decode_cstring(bytes(msg), 6)
+        if stop - start < 7 or buf[start + 5] not in (ord("S"), ord("P")):
+            raise ProtocolViolation("Close message must name 'S' or 'P'")
+        kind = buf[start + 5]
+        name, _ = decode_cstring(buf, start + 6, stop)
         table: dict = self._prepared if kind == ord("S") else self._portals
         undo = (table, name, table.pop(name, _MISSING))
-        self._forward(msg, _Pending(_CLOSE, undo=undo))
+        self._pass(buf, start, stop)
+        self._pending.append(_Pending(_CLOSE, undo=undo))
 
-    def _on_function_call(self, msg: memoryview) -> None:
+    def _on_function_call(self) -> None:
         self._request_open = False
         self._request += 1
         stmt = Statement(Kind.FUNCTION_CALL, Protocol.SIMPLE, None, self.session, self._request)
@@ -307,7 +349,7 @@ class Relay:
 
     # ------------------------------------------------------------ the decision
 
-    def _decide(self, stmt: Statement, msg: memoryview, first_stage: int) -> None:
+    def _decide(self, stmt: Statement, msg: tuple[bytes, int, int], first_stage: int) -> None:
         try:
             verdict = self._evaluate(stmt, first_stage)
         except Exception as exc:  # a stage's bug must fail closed, not open
@@ -323,7 +365,7 @@ class Relay:
             return
         self._apply(stmt, msg, verdict)
 
-    def _apply(self, stmt: Statement, msg: memoryview, verdict: Verdict) -> None:
+    def _apply(self, stmt: Statement, msg: tuple[bytes, int, int], verdict: Verdict) -> None:
         stmt.verdict = verdict
         if isinstance(verdict, Deny):
             self._send_poison(stmt, verdict)
@@ -337,17 +379,19 @@ class Relay:
                 self._send_poison(stmt, deny)
                 return
             stmt.text = verdict.text
-            msg = (
+            self._emit(
                 encode.query(verdict.text)
                 if stmt.kind == Kind.QUERY
                 else encode.parse(stmt.statement_name or "", verdict.text, stmt.param_types)
             )
+        else:
+            self._pass(*msg)
         stmt.mark_started()
         kind = stmt.kind
         if kind == Kind.QUERY:
-            self._forward(msg, _Pending(_QUERY, stmt))
+            self._pending.append(_Pending(_QUERY, stmt))
         elif kind == Kind.EXECUTE:
-            self._forward(msg, _Pending(_EXECUTE, stmt))
+            self._pending.append(_Pending(_EXECUTE, stmt))
         else:  # PARSE
             name = stmt.statement_name or ""
             undo = None
@@ -355,14 +399,16 @@ class Relay:
                 # Speculative: the server may still fail this Parse; undone on error.
                 undo = (self._prepared, name, self._prepared.get(name, _MISSING))
                 self._prepared[name] = _Prepared(stmt.text or "", stmt.param_types)
-            self._forward(msg, _Pending(_PARSE, stmt, undo=undo))
+            self._pending.append(_Pending(_PARSE, stmt, undo=undo))
 
     def _send_poison(self, stmt: Statement, deny: Deny) -> None:
         stmt.mark_started()
         if stmt.protocol == Protocol.SIMPLE:
-            self._forward(POISON_QUERY_BYTES, _Pending(_POISON_QUERY, stmt, deny))
+            self._emit(POISON_QUERY_BYTES)
+            self._pending.append(_Pending(_POISON_QUERY, stmt, deny))
         else:
-            self._forward(POISON_PARSE_BYTES, _Pending(_POISON_PARSE, stmt, deny))
+            self._emit(POISON_PARSE_BYTES)
+            self._pending.append(_Pending(_POISON_PARSE, stmt, deny))
             self._discarding = True
 
     def resume(self, verdict: Verdict) -> None:
@@ -382,6 +428,7 @@ class Relay:
             self._apply(stmt, msg, verdict)
         if self._held is None:
             self._drain_queue()
+        self._end_span()
 
     # --------------------------------------------------------- server -> client
 
@@ -544,6 +591,13 @@ class Relay:
 
     def pending_statements(self) -> list[Statement]:
         return [e.stmt for e in self._pending if e.stmt is not None]
+
+
+def _name_at(buf: bytes, pos: int, stop: int) -> tuple[str, int]:
+    """A statement or portal name: like decode_cstring, with the common empty name free."""
+    if buf[pos] == 0 and pos < stop:
+        return "", pos + 1
+    return decode_cstring(buf, pos, stop)
 
 
 def _deny_error(deny: Deny | None) -> bytes:

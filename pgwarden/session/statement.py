@@ -83,7 +83,7 @@ class Statement:
         statement_name: str | None = None,
         portal_name: str | None = None,
         param_types: tuple[int, ...] = (),
-        bind_body: bytes | memoryview | None = None,
+        bind_body: tuple[bytes, int, int] | None = None,
     ) -> None:
         self.kind = kind
         self.protocol = protocol
@@ -105,18 +105,24 @@ class Statement:
         # Index of the first policy stage still to run (set by the pipeline on a hold).
         self.next_stage = 0
 
+    def _bind(self) -> messages.Bind | None:
+        if self._bind_body is None:
+            return None
+        buf, start, stop = self._bind_body
+        return messages.decode_bind(buf[start:stop])
+
     @property
     def params(self) -> tuple[bytes | None, ...]:
-        """Bind parameters as raw bytes (decoded on first use)."""
+        """Bind parameters as raw bytes (decoded on first use; None for SQL NULL)."""
         if self._params is None:
-            self._params = messages.decode_bind(bytes(self._bind_body)).params if self._bind_body is not None else ()
+            bind = self._bind()
+            self._params = bind.params if bind is not None else ()
         return self._params
 
     @property
     def param_formats(self) -> tuple[int, ...]:
-        if self._bind_body is None:
-            return ()
-        return messages.decode_bind(bytes(self._bind_body)).param_formats
+        bind = self._bind()
+        return bind.param_formats if bind is not None else ()
 
     @property
     def tag(self) -> str | None:

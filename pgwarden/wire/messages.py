@@ -37,9 +37,9 @@ __all__ = [
 ]
 
 
-def decode_cstring(body: bytes, pos: int) -> tuple[str, int]:
-    """Read a NUL-terminated UTF-8 string at ``pos``; return it and the next offset."""
-    stop = body.find(b"\x00", pos)
+def decode_cstring(body: bytes, pos: int, end: int | None = None) -> tuple[str, int]:
+    """Read a NUL-terminated UTF-8 string at ``pos`` (before ``end``); return it and the next offset."""
+    stop = body.find(b"\x00", pos) if end is None else body.find(b"\x00", pos, end)
     if stop < 0:
         raise ProtocolViolation("unterminated string in message")
     try:
