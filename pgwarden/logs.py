@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["setup_logging", "JsonFormatter", "TextFormatter"]
+__all__ = ["setup_logging", "JsonFormatter", "TextFormatter", "SessionLogger"]
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
@@ -45,6 +45,17 @@ class TextFormatter(logging.Formatter):
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+class SessionLogger(logging.LoggerAdapter):
+    """Adds the session id to every record and keeps per-call ``extra`` fields.
+
+    (The stdlib adapter replaces a call's ``extra`` with its own; we merge.)
+    """
+
+    def process(self, msg, kwargs):
+        kwargs["extra"] = {**self.extra, **kwargs["extra"]} if "extra" in kwargs else self.extra
+        return msg, kwargs
 
 
 def setup_logging(level: str = "info", fmt: str = "text", file: Path | None = None) -> None:

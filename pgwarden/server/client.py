@@ -19,6 +19,7 @@ import logging
 import secrets
 from typing import TYPE_CHECKING
 
+from ..logs import SessionLogger
 from ..session.relay import CloseRequested, HoldRequested, Relay, StageFailed
 from ..session.startup import Authenticated, CancelRequested, ClientHandshake, Refused, StartTLS
 from ..session.statement import SessionInfo
@@ -62,7 +63,7 @@ class ClientConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
         self._hold_cancel = None
-        self._log = logging.LoggerAdapter(log, {"session": self.id})
+        self._log = SessionLogger(log, {"session": self.id})
 
     # ------------------------------------------------------------ lifecycle
 
