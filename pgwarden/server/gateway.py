@@ -169,9 +169,6 @@ class Gateway:
 async def run(config: Config, stages: Sequence[Stage] | None = None, ready=None) -> None:
     """Serve until SIGTERM/SIGINT, then drain. ``ready(gateway)`` is called once listening."""
     gateway = Gateway(config, stages)
-    await gateway.start()
-    if ready is not None:
-        ready(gateway)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -179,5 +176,8 @@ async def run(config: Config, stages: Sequence[Stage] | None = None, ready=None)
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
+    await gateway.start()
+    if ready is not None:
+        ready(gateway)  # after the handlers: a signal right after "ready" still drains
     await stop.wait()
     await gateway.shutdown()

@@ -72,7 +72,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.closed = True
         if not self._ready.done():
             self._fail(UpstreamError(f"upstream closed the connection during startup{f': {exc}' if exc else ''}"))
-        elif self.owner is not None:
+        elif self.owner is not None and self.relaying:
             self.owner.upstream_lost(exc)
 
     def pause_writing(self) -> None:

@@ -1,0 +1,79 @@
+"""`pgwarden demo` as a new user runs it: start, connect with psql, Ctrl-C, run again."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from .test_cli import _free_port
+
+
+def _start_demo(data_dir: str, port: int) -> tuple[subprocess.Popen, str, list[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgwarden", "demo", "--data-dir", data_dir, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("postgresql://"):
+            return proc, line.strip(), lines
+    proc.kill()
+    raise AssertionError("demo printed no URI:\n" + "".join(lines))
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    return out
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="psql (PostgreSQL client) is not installed")
+def test_demo_runs_serves_psql_and_reuses_its_data():
+    data_dir = tempfile.mkdtemp(prefix="pgwarden-demo-test-")
+    os.chmod(data_dir, 0o755)
+    port = _free_port()
+    try:
+        proc, uri, lines = _start_demo(data_dir, port)
+        try:
+            assert uri.startswith(f"postgresql://demo:") and f"@127.0.0.1:{port}/shop?sslmode=require" in uri
+            assert any("Config:" in line and "pgwarden.yaml" in line for line in lines)
+            result = subprocess.run(
+                ["psql", uri, "-X", "-At", "-c", "select count(*) > 100, bool_and(email like '%@%') from customers"],
+                capture_output=True, text=True, timeout=30,
+            )
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.strip() == "t|t"
+            tls = subprocess.run(
+                ["psql", uri, "-X", "-At", "-c", "select 1"], capture_output=True, text=True, timeout=30,
+                env={**os.environ, "PGSSLMODE": "disable"},
+            )
+            # the URI's sslmode=require wins over the environment; TLS is used
+            assert tls.returncode == 0
+        finally:
+            out = _stop(proc)
+        assert proc.returncode == 0, out
+        assert "Stopped." in out
+        # A second run reuses the data and the password.
+        proc2, uri2, lines2 = _start_demo(data_dir, port)
+        try:
+            assert uri2 == uri
+            assert any("reused existing data" in line for line in lines2)
+        finally:
+            _stop(proc2)
+        assert proc2.returncode == 0
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
