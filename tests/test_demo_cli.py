@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .test_cli import _free_port
+from test_cli import _free_port
 
 
 def _start_demo(data_dir: str, port: int) -> tuple[subprocess.Popen, str, list[str]]:
