@@ -10,9 +10,12 @@ the bad session and that a fresh psycopg connection still works.
 from __future__ import annotations
 
 import gc
+import json
 import secrets
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -24,8 +27,12 @@ from pgwarden.wire import encode
 from pgwarden.wire.constants import PROTOCOL_3_0, Auth
 from pgwarden.wire.messages import decode_error_fields
 
-from conftest import GW_PASSWORD, GW_USER
-from rawclient import RawClient, ServerError, auth_code, gssenc_request, startup_packet
+try:  # tests/ as a package, or as plain rootdir modules
+    from .conftest import GW_PASSWORD, GW_USER
+    from .rawclient import RawClient, ServerError, auth_code, gssenc_request, startup_packet
+except ImportError:
+    from conftest import GW_PASSWORD, GW_USER  # type: ignore[no-redef]
+    from rawclient import RawClient, ServerError, auth_code, gssenc_request, startup_packet  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -390,6 +397,8 @@ def test_oversized_message_during_authentication(raw):
         encode.message(b"p", b"secret\x00"),
         encode.message(b"Q", b"no terminator"),
         encode.message(b"C", b""),
+        encode.message(b"B", b""),
+        encode.message(b"E", b""),
     ],
     ids=[
         "1GiB",
@@ -402,6 +411,8 @@ def test_oversized_message_during_authentication(raw):
         "password-after-login",
         "unterminated-query",
         "close-without-body",
+        "bind-without-body",
+        "execute-without-body",
     ],
 )
 def test_malformed_message_after_login(raw, data):
@@ -449,7 +460,7 @@ def test_client_that_stops_reading_is_not_buffered_without_bound(raw, gw_dsn, tl
         peak = max(peak, proc.memory_info().rss)
         time.sleep(0.05)
     # meanwhile other sessions are served
-    with psycopg.connect(gw_dsn, connect_timeout=10) as other:
+    with psycopg.connect(gw_dsn, connect_timeout=10, autocommit=True) as other:
         assert other.execute("select 42").fetchone() == (42,)
         assert backends_running(other, BIG_QUERY) == 1  # still stuck, not finished or buffered away
     peak = max(peak, proc.memory_info().rss)
@@ -460,8 +471,9 @@ def test_client_that_stops_reading_is_not_buffered_without_bound(raw, gw_dsn, tl
     assert t == b"T"
     assert client.read_message()[0] == b"D"
     client.close()
-    # closing the client ends the upstream backend too
-    with psycopg.connect(gw_dsn, connect_timeout=10) as other:
+    # closing the client ends the upstream backend too (autocommit: pg_stat_activity
+    # is a snapshot taken once per transaction)
+    with psycopg.connect(gw_dsn, connect_timeout=10, autocommit=True) as other:
         assert wait_for(lambda: backends_running(other, BIG_QUERY) == 0, timeout=15)
 
 
@@ -504,20 +516,45 @@ def test_cancel_request_with_wrong_length_is_refused(raw):
     expect_fatal(client, "08P01")
 
 
+CANCEL_SCRIPT = """
+import json, sys, threading, time
+import psycopg
+
+with psycopg.connect(sys.argv[1], connect_timeout=10) as conn:
+    timer = threading.Timer(0.5, getattr(conn, sys.argv[2]))
+    timer.start()
+    start = time.monotonic()
+    outcome = {}
+    try:
+        conn.execute("select pg_sleep(30)")
+        outcome["error"] = None
+    except psycopg.Error as exc:
+        outcome["error"] = type(exc).__name__
+        outcome["sqlstate"] = exc.sqlstate
+    outcome["elapsed"] = time.monotonic() - start
+    timer.join()
+    conn.rollback()
+    outcome["after"] = conn.execute("select 'after cancel'").fetchone()[0]
+print(json.dumps(outcome))
+"""
+
+
 @pytest.mark.parametrize("method", ["cancel", "cancel_safe"])
 def test_valid_cancel_cancels_a_running_statement(gw_dsn, method):
-    with psycopg.connect(gw_dsn, connect_timeout=10) as conn:
-        timer = threading.Timer(0.5, getattr(conn, method))
-        timer.start()
-        start = time.monotonic()
-        try:
-            with pytest.raises(psycopg.errors.QueryCanceled):
-                conn.execute("select pg_sleep(30)")
-        finally:
-            timer.join()
-        assert time.monotonic() - start < 10
-        conn.rollback()
-        assert conn.execute("select 'after cancel'").fetchone() == ("after cancel",)
+    """psycopg's cancel() (libpq PQcancel) and cancel_safe() (PQcancelCreate, over TLS here).
+
+    The client runs in a subprocess: psycopg's C implementation keeps the GIL
+    during the blocking PQcancel call, which would deadlock with the gateway
+    running in a thread of this process.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", CANCEL_SCRIPT, gw_dsn, method], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    outcome = json.loads(proc.stdout)
+    assert outcome["error"] == "QueryCanceled" and outcome["sqlstate"] == "57014", outcome
+    assert outcome["elapsed"] < 10, outcome
+    assert outcome["after"] == "after cancel"
 
 
 def test_client_closing_mid_message_releases_its_session(raw):

@@ -478,6 +478,69 @@ def test_unsplit_stream_is_forwarded_without_copies():
     assert len(h.relay.to_client) == 1 and h.relay.to_client[0] is stream
 
 
+# ---------------------------------------------------------------- client -> server property
+
+TEXTS = ["select 1", "select /*deny*/ 1", "select /*hold*/ 2", "insert into t values (1)", ""]
+
+client_messages = st.one_of(
+    st.builds(lambda t: ("Q", encode.query(t)), st.sampled_from(TEXTS)),
+    st.builds(lambda n, t: ("P", encode.parse(n, t)), st.sampled_from(["", "a"]), st.sampled_from(TEXTS)),
+    st.builds(lambda p, n: ("B", bind(p, n, [b"1"])), st.sampled_from(["", "p"]), st.sampled_from(["", "a"])),
+    st.builds(lambda p: ("E", execute(p)), st.sampled_from(["", "p"])),
+    st.builds(lambda k, n: ("D", describe(k, n)), st.sampled_from("SP"), st.sampled_from(["", "a", "p"])),
+    st.builds(lambda k, n: ("C", close(k, n)), st.sampled_from("SP"), st.sampled_from(["", "a", "p"])),
+    st.just(("S", encode.sync())),
+    st.just(("H", flush())),
+    st.just(("F", function_call())),
+)
+
+
+def expected_to_server(msgs: list[tuple[str, bytes]]) -> bytes:
+    """Reference model: denied Query/FunctionCall -> poison Query; denied Parse -> poison
+    Parse and nothing more until Sync; everything else byte for byte."""
+    out, discarding = [], False
+    for kind, m in msgs:
+        if discarding and kind != "S":
+            continue
+        if kind == "S":
+            discarding = False
+            out.append(m)
+        elif kind == "F" or (kind == "Q" and b"/*deny*/" in m):
+            out.append(POISON_QUERY)
+        elif kind == "P" and b"/*deny*/" in m:
+            out.append(POISON_PARSE)
+            discarding = True
+        else:
+            out.append(m)
+    return b"".join(out)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data(), st.lists(client_messages, max_size=25))
+def test_client_stream_matches_the_model_at_random_splits(data, msgs):
+    """Allowed messages go out byte-identical and in order however the stream is cut;
+    holds (resumed with ALLOW as soon as they are reported) change nothing."""
+    stream = b"".join(m for _, m in msgs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
+    bounds = [0, *cuts, len(stream)]
+    h = Harness()
+    sent = b""
+    holds = 0
+    for a, b in zip(bounds, bounds[1:]):
+        to_server, to_client, commands = h.client(stream[a:b])
+        sent += to_server
+        assert to_client == b""
+        while commands:
+            assert all(isinstance(c, HoldRequested) for c in commands), commands
+            holds += len(commands)
+            h.relay.resume(ALLOW)
+            to_server, _, commands = h._take()
+            sent += to_server
+        assert not h.relay.held
+    assert sent == expected_to_server(msgs)
+    assert h.relay.queued_bytes == 0
+
+
 # ---------------------------------------------------------------- server side details
 
 
@@ -574,6 +637,7 @@ def test_terminate_requests_close_and_stops_processing():
         encode.message(b"Q", b"two\x00strings\x00"),
         encode.message(b"P", b"name\x00"),
         encode.message(b"B", b""),
+        encode.message(b"B", b"\x00"),
         encode.message(b"E", b""),
         encode.message(b"C", b""),
         encode.message(b"C", b"S"),
@@ -589,6 +653,7 @@ def test_terminate_requests_close_and_stops_processing():
         "query-trailing",
         "parse-truncated",
         "bind-empty",
+        "bind-portal-only",
         "execute-empty",
         "close-empty",
         "close-no-name",

@@ -544,6 +544,9 @@ class Relay:
             if failed.stmt is not None:
                 failed.stmt.error = decode_error_fields(buf[pos + 5 : pos + size])
             self._undo(failed)
+            if failed.kind == _PARSE and failed.stmt is not None and not failed.stmt.statement_name:
+                # PostgreSQL drops the unnamed statement before parsing the new one.
+                self._prepared.pop("", None)
             self._finish(failed, "error")
         discarded = []
         while pending and pending[0].kind != _SYNC:
@@ -595,7 +598,9 @@ class Relay:
 
 def _name_at(buf: bytes, pos: int, stop: int) -> tuple[str, int]:
     """A statement or portal name: like decode_cstring, with the common empty name free."""
-    if buf[pos] == 0 and pos < stop:
+    if pos >= stop:
+        raise ProtocolViolation("message is shorter than its contents")
+    if buf[pos] == 0:
         return "", pos + 1
     return decode_cstring(buf, pos, stop)
 

@@ -186,14 +186,17 @@ class ClientHandshake:
         )
 
     def _on_startup_message(self, packet: bytes) -> None:
-        startup = decode_startup(packet)
-        if startup.major != 3:
+        version = unpack_uint32(packet, 0)[0]
+        major, minor = version >> 16, version & 0xFFFF
+        if major != 3:
+            # Checked before the parameters: protocol 2.0 packets have another layout.
             self._fatal(
                 SQLState.FEATURE_NOT_SUPPORTED,
-                f"unsupported frontend protocol {startup.major}.{startup.minor}: server supports 3.0 to 3.0",
+                f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0",
                 "unsupported protocol version",
             )
             return
+        startup = decode_startup(packet)
         unrecognized = [k for k in startup.params if k.startswith("_pq_.")]
         if startup.minor > 0 or unrecognized:
             self.to_client.append(encode.negotiate_protocol_version(0, unrecognized))

@@ -39,6 +39,8 @@ __all__ = [
 
 def decode_cstring(body: bytes, pos: int, end: int | None = None) -> tuple[str, int]:
     """Read a NUL-terminated UTF-8 string at ``pos`` (before ``end``); return it and the next offset."""
+    if isinstance(body, memoryview):
+        body = body.tobytes()
     stop = body.find(b"\x00", pos) if end is None else body.find(b"\x00", pos, end)
     if stop < 0:
         raise ProtocolViolation("unterminated string in message")
@@ -49,6 +51,7 @@ def decode_cstring(body: bytes, pos: int, end: int | None = None) -> tuple[str, 
 
 
 def decode_query(body: bytes) -> str:
+    body = _as_bytes(body)
     text, pos = decode_cstring(body, 0)
     if pos != len(body):
         raise ProtocolViolation("trailing bytes after Query string")
@@ -64,6 +67,8 @@ class StartupPacket:
 
 def decode_startup(payload: bytes) -> StartupPacket:
     """Decode a StartupMessage payload (after the length word, including the version)."""
+    payload = _as_bytes(payload)
+    _need(payload, 0, 4)
     version = unpack_int32(payload, 0)[0]
     params: dict[str, str] = {}
     pos = 4
@@ -91,6 +96,7 @@ class Parse:
 
 
 def decode_parse(body: bytes) -> Parse:
+    body = _as_bytes(body)
     name, pos = decode_cstring(body, 0)
     query, pos = decode_cstring(body, pos)
     _need(body, pos, 2)
@@ -112,6 +118,7 @@ class Bind:
 
 
 def decode_bind(body: bytes) -> Bind:
+    body = _as_bytes(body)
     portal, pos = decode_cstring(body, 0)
     statement, pos = decode_cstring(body, pos)
     formats, pos = _int16_array(body, pos)
@@ -168,6 +175,7 @@ class Execute:
 
 
 def decode_execute(body: bytes) -> Execute:
+    body = _as_bytes(body)
     portal, pos = decode_cstring(body, 0)
     _need(body, pos, 4)
     max_rows = unpack_int32(body, pos)[0]
@@ -196,6 +204,7 @@ class ErrorFields:
 
 
 def decode_error_fields(body: bytes) -> ErrorFields:
+    body = _as_bytes(body)
     fields: dict[str, str] = {}
     pos = 0
     end = len(body)
@@ -210,6 +219,7 @@ def decode_error_fields(body: bytes) -> ErrorFields:
 
 
 def decode_parameter_status(body: bytes) -> tuple[str, str]:
+    body = _as_bytes(body)
     name, pos = decode_cstring(body, 0)
     value, _ = decode_cstring(body, pos)
     return name, value
@@ -217,6 +227,7 @@ def decode_parameter_status(body: bytes) -> tuple[str, str]:
 
 def decode_sasl_initial(body: bytes) -> tuple[str, bytes | None]:
     """SASLInitialResponse: mechanism name and the initial client response (or None)."""
+    body = _as_bytes(body)
     mechanism, pos = decode_cstring(body, 0)
     _need(body, pos, 4)
     size = unpack_int32(body, pos)[0]
@@ -230,6 +241,7 @@ def decode_sasl_initial(body: bytes) -> tuple[str, bytes | None]:
 
 def decode_auth_sasl_mechanisms(body: bytes) -> list[str]:
     """The mechanism list of an AuthenticationSASL message (body after the int32 code)."""
+    body = _as_bytes(body)
     names = []
     pos = 4
     while pos < len(body) and body[pos] != 0:
@@ -239,6 +251,7 @@ def decode_auth_sasl_mechanisms(body: bytes) -> list[str]:
 
 
 def _kind_and_name(body: bytes, what: str) -> tuple[str, str]:
+    body = _as_bytes(body)
     if not body or body[0] not in (ord("S"), ord("P")):
         raise ProtocolViolation(f"{what} message must name 'S' or 'P'")
     name, pos = decode_cstring(body, 1)
@@ -256,6 +269,10 @@ def _int16_array(body: bytes, pos: int) -> tuple[tuple[int, ...], int]:
     _need(body, pos, 2 * count)
     values = tuple(unpack_int16(body, pos + 2 * i)[0] for i in range(count))
     return values, pos + 2 * count
+
+
+def _as_bytes(body: bytes | memoryview) -> bytes:
+    return body.tobytes() if isinstance(body, memoryview) else body
 
 
 def _need(body: bytes, pos: int, size: int) -> None:
