@@ -136,6 +136,7 @@ class Relay:
         self._rewrite_parameter = rewrite_parameter
         self._client = FrameBuffer(max_message_size)
         self._server_tail = b""
+        self._server_skip = 0  # bytes of a bulk message already partly forwarded
         self._queue: deque[tuple[int, bytes, int, int]] = deque()
         self._span_buf: bytes | None = None
         self._span_start = 0
@@ -433,12 +434,30 @@ class Relay:
     # --------------------------------------------------------- server -> client
 
     def server_data(self, data: bytes) -> None:
-        """Bytes from the upstream server. Raises ProtocolViolation if it is not speaking the protocol."""
-        buf = self._server_tail + data if self._server_tail else data
-        end = len(buf)
-        pos = 0
-        span = 0
+        """Bytes from the upstream server. Raises ProtocolViolation if it is not speaking the protocol.
+
+        A DataRow or CopyData that continues past the end of a chunk is forwarded
+        as far as it goes and the rest is skipped when it arrives, so bulk
+        results stream through without being re-buffered or copied.
+        """
         out = self.to_client
+        pos = 0
+        skip = self._server_skip
+        if skip:
+            if skip >= len(data):
+                self._server_skip = skip - len(data)
+                out.append(data)
+                return
+            self._server_skip = 0
+            pos = skip
+        if self._server_tail:
+            buf = self._server_tail + data[pos:]
+            self._server_tail = b""
+            pos = 0
+        else:
+            buf = data
+        end = len(buf)
+        span = 0
         unpack = unpack_uint32
         while end - pos >= 5:
             t = buf[pos]
@@ -446,6 +465,9 @@ class Relay:
             if size < 5:
                 raise ProtocolViolation(f"upstream sent a message with invalid length {size - 1}")
             if size > end - pos:
+                if t == 68 or t == 100:
+                    self._server_skip = size - (end - pos)
+                    pos = end
                 break
             if t == 68 or t == 100:  # DataRow, CopyData: the bulk, untouched
                 pos += size
@@ -462,7 +484,8 @@ class Relay:
             out.append(buf)
         elif pos > span:
             out.append(buf[span:pos])
-        self._server_tail = buf[pos:] if pos < end else b""
+        if pos < end:
+            self._server_tail = buf[pos:]
 
     def _server_message(self, t: int, buf: bytes, pos: int, size: int) -> bytes | None:
         """Track one non-bulk server message; return replacement bytes, b"" to drop, None to pass."""
