@@ -8,9 +8,9 @@ looks inside a body: it hands out ``(type, start, end)`` offsets into an immutab
 ``bytes`` object, so callers can forward the exact bytes they received (slicing
 only when they must) and decode a body lazily, only when a policy needs it.
 
-Chunks are concatenated only when a frame spans two reads; the unfinished tail
-is kept until the rest arrives (asyncpg's ReadBuffer does the same with a
-queue of chunks). A declared length below 4 or above ``max_size`` is a
+A frame that spans reads is kept as a list of chunks and joined once, when its
+declared length has arrived (asyncpg's ReadBuffer keeps a queue of chunks for
+the same reason), so a large message costs one copy however it is split. A declared length below 4 or above ``max_size`` is a
 :class:`ProtocolViolation`, raised before any memory is reserved for it, so a
 hostile peer announcing a 1 GiB message costs nothing.
 
@@ -42,16 +42,21 @@ class ProtocolViolation(Exception):
 class FrameBuffer:
     """Split a typed message stream; see the module docstring."""
 
-    __slots__ = ("_tail", "max_size")
+    __slots__ = ("_chunks", "_have", "_need", "max_size")
 
     def __init__(self, max_size: int) -> None:
-        self._tail = b""
+        # An unfinished message is kept as a list of chunks and joined once,
+        # when ``_need`` bytes have arrived: a 64 MiB message read 64 KiB at a
+        # time costs one copy, not a thousand.
+        self._chunks: list[bytes] = []
+        self._have = 0
+        self._need = 0
         self.max_size = max_size
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a complete frame."""
-        return len(self._tail)
+        return self._have
 
     def feed(self, data: bytes) -> tuple[bytes, list[tuple[int, int, int]]]:
         """Add received bytes; return the buffer and the complete frames in it.
@@ -59,12 +64,22 @@ class FrameBuffer:
         Each frame is ``(type, start, end)``: ``buf[start:end]`` is the whole
         message including its header, ``buf[start + 5:end]`` its body.
         """
-        buf = self._tail + data if self._tail else bytes(data)
+        if self._chunks:
+            self._chunks.append(bytes(data))
+            self._have += len(data)
+            if self._have < self._need:
+                return b"", []
+            buf = b"".join(self._chunks)
+            self._chunks = []
+            self._have = 0
+        else:
+            buf = data if isinstance(data, bytes) else bytes(data)
         frames: list[tuple[int, int, int]] = []
         pos = 0
         end = len(buf)
         unpack = unpack_uint32
         limit = self.max_size
+        need = 0
         while end - pos >= 5:
             length = unpack(buf, pos + 1)[0]
             if length < 4 or length > limit:
@@ -74,15 +89,23 @@ class FrameBuffer:
                 )
             stop = pos + 1 + length
             if stop > end:
+                need = 1 + length
                 break
             frames.append((buf[pos], pos, stop))
             pos = stop
-        self._tail = buf[pos:] if pos < end else b""
+        if pos < end:
+            tail = buf[pos:]
+            self._chunks = [tail]
+            self._have = len(tail)
+            self._need = need or 5
         return buf, frames
 
     def take_tail(self) -> bytes:
         """Remove and return the unfinished tail (used when the stream changes hands)."""
-        tail, self._tail = self._tail, b""
+        tail = b"".join(self._chunks)
+        self._chunks = []
+        self._have = 0
+        self._need = 0
         return tail
 
 
