@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import threading
 import time
@@ -275,6 +278,11 @@ comment on table {table} is 'described by psql';
         r = psql.run("-c", "\\df pg_catalog.lower")
         assert r.returncode == 0, r.stderr
         assert "lower" in r.stdout
+
+        # \gdesc: describe a query's result (an unnamed prepared statement) without running it.
+        r = psql.run("-At", "-f", "-", stdin=f"SELECT id, label, 1.5::numeric AS n FROM {table} \\gdesc\n")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines() == ["id|bigint", "label|text", "n|numeric"]
     finally:
         psql.run("-c", f"drop table if exists {table}, {parent}")
 
@@ -709,11 +717,27 @@ def test_psycopg_transaction_status(gw_dsn):
         assert conn.execute("SELECT 'usable'").fetchone() == ("usable",)
 
 
-@pytest.mark.parametrize("method", ["cancel", "cancel_safe"])
-def test_psycopg_cancel(gw_dsn, method):
-    # A unique column alias tells this query apart in pg_stat_activity.
-    query = f"SELECT pg_sleep(10) AS {_name('sleeper')}"
+def _wait_for_active(watcher: psycopg.Connection, query: str) -> None:
+    """Wait until *query* (exact text) runs in some backend."""
+    _wait_until(
+        lambda: watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = %s AND state = 'active'", (query,)
+        ).fetchone()[0]
+        == 1,
+        timeout=10,
+        what=f"{query!r} to start",
+    )
+
+
+def test_psycopg_cancel(gw_dsn):
+    # cancel_safe(), not cancel(): psycopg's C implementation calls the blocking
+    # PQcancel() without releasing the GIL, and the test gateway runs on a thread
+    # of this very process, so cancel() would deadlock the test run (outside
+    # tests, against a separate gateway process, it is fine). The blocking,
+    # plaintext CancelRequest path is covered by test_psql_cancel_with_sigint.
+    query = f"SELECT pg_sleep(10) AS {_name('sleeper')}"  # unique text, found in pg_stat_activity
     with psycopg.connect(gw_dsn, autocommit=True) as conn, psycopg.connect(gw_dsn, autocommit=True) as watcher:
+        assert conn.pgconn.ssl_in_use  # so cancel_safe() negotiates TLS before its CancelRequest
         outcome: dict = {}
 
         def run() -> None:
@@ -724,18 +748,11 @@ def test_psycopg_cancel(gw_dsn, method):
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        _wait_until(
-            lambda: watcher.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE query = %s AND state = 'active'", (query,)
-            ).fetchone()[0]
-            == 1,
-            timeout=10,
-            what="pg_sleep to start",
-        )
+        _wait_for_active(watcher, query)
         started = time.monotonic()
-        getattr(conn, method)()
+        conn.cancel_safe(timeout=5)
         thread.join(timeout=8)
-        assert not thread.is_alive(), f"{method}() did not stop pg_sleep(10)"
+        assert not thread.is_alive(), "cancel_safe() did not stop pg_sleep(10)"
         assert time.monotonic() - started < 3
         exc = outcome.get("exc")
         assert isinstance(exc, errors.QueryCanceled), repr(exc)
@@ -743,6 +760,31 @@ def test_psycopg_cancel(gw_dsn, method):
         assert "canceling statement due to user request" in str(exc)
         assert conn.info.transaction_status == TransactionStatus.IDLE
         assert conn.execute("SELECT 'still usable'").fetchone() == ("still usable",)
+
+
+def test_psql_cancel_with_sigint(psql, gw_dsn):
+    # Ctrl-C in psql: libpq's PQcancel() sends a plaintext CancelRequest on a new connection.
+    query = f"SELECT pg_sleep(10) AS {_name('psql_sleeper')}"
+    proc = subprocess.Popen(
+        [psql.program, "-X", "-d", psql.conninfo(), "-c", query],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_client_env(psql.creds["password"]),
+    )
+    try:
+        with psycopg.connect(gw_dsn, autocommit=True) as watcher:
+            _wait_for_active(watcher, query)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=8)
+        assert time.monotonic() - started < 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1
+    assert "ERROR:  canceling statement due to user request" in stderr
 
 
 # ================================================================= asyncpg
@@ -1001,6 +1043,108 @@ def test_asyncpg_errors_and_transactions(gw_url):
     _arun(main())
 
 
+@needs_asyncpg
+def test_asyncpg_custom_types_and_introspection(gw_url):
+    # Types asyncpg does not know are introspected with its catalog queries, then decoded.
+    mood = _name("apg_mood")
+    pair = _name("apg_pair")
+    table = _name("apg_custom")
+
+    async def main():
+        conn = await _aconnect(gw_url)
+        try:
+            await conn.execute(
+                f"CREATE TYPE {mood} AS ENUM ('sad', 'ok', 'happy'); "
+                f"CREATE TYPE {pair} AS (label text, weight numeric); "
+                f"CREATE TABLE {table} (id int PRIMARY KEY, m {mood}, p {pair}, ms {mood}[])"
+            )
+            await conn.execute(
+                f"INSERT INTO {table} VALUES ($1, $2, $3, $4)", 1, "happy", ("first", Decimal("1.5")), ["sad", "ok"]
+            )
+            row = await conn.fetchrow(f"SELECT m, p, ms FROM {table} WHERE id = $1", 1)
+            assert row["m"] == "happy"
+            assert tuple(row["p"]) == ("first", Decimal("1.5")) and row["p"]["label"] == "first"
+            assert row["ms"] == ["sad", "ok"]
+            with pytest.raises(asyncpg.exceptions.InvalidTextRepresentationError):
+                await conn.execute(f"INSERT INTO {table} (id, m) VALUES ($1, $2)", 2, "furious")
+        finally:
+            await conn.execute(f"DROP TABLE IF EXISTS {table}; DROP TYPE IF EXISTS {pair}; DROP TYPE IF EXISTS {mood}")
+            await conn.close()
+
+    _arun(main())
+
+
+@needs_asyncpg
+def test_asyncpg_pool_listeners_and_notices(gw_url):
+    channel = _name("apg_chan")
+
+    async def main():
+        pool = await asyncpg.create_pool(dsn=gw_url, ssl=False, min_size=2, max_size=3, timeout=15)
+        try:
+            # Concurrent queries over the pool's connections.
+            results = await asyncio.gather(*(pool.fetchval("SELECT $1::int * 3", i) for i in range(30)))
+            assert results == [i * 3 for i in range(30)]
+
+            # Release resets the session (asyncpg's multi-statement reset query).
+            async with asyncpg.create_pool(dsn=gw_url, ssl=False, min_size=1, max_size=1, timeout=15) as single:
+                async with single.acquire() as conn:
+                    await conn.execute("SET search_path = pg_catalog")
+                    await conn.execute(f"LISTEN {channel}")
+                    pid = await conn.fetchval("SELECT pg_backend_pid()")
+                async with single.acquire() as conn:
+                    assert await conn.fetchval("SELECT pg_backend_pid()") == pid  # the same session
+                    assert await conn.fetchval("SHOW search_path") == '"$user", public'
+                    assert await conn.fetchval("SELECT count(*) FROM pg_listening_channels()") == 0
+
+            async with pool.acquire() as listener, pool.acquire() as sender:
+                received: asyncio.Queue = asyncio.Queue()
+                logs: list = []
+
+                def on_notify(_conn, _pid, chan, payload) -> None:
+                    received.put_nowait((chan, payload))
+
+                def on_log(_conn, msg) -> None:
+                    logs.append((msg.severity, msg.sqlstate, msg.message))
+
+                await listener.add_listener(channel, on_notify)
+                sender.add_log_listener(on_log)
+                await sender.execute(f"NOTIFY {channel}, 'one'")
+                await sender.execute("SELECT pg_notify($1, $2)", channel, "two")
+                got = [await asyncio.wait_for(received.get(), 5) for _ in range(2)]
+                assert got == [(channel, "one"), (channel, "two")]
+                await sender.execute("DO $$ BEGIN RAISE NOTICE 'asyncpg notice %', 5; END $$")
+                for _ in range(100):  # log listeners are called soon, not synchronously
+                    if logs:
+                        break
+                    await asyncio.sleep(0.01)
+                assert logs == [("NOTICE", "00000", "asyncpg notice 5")]
+                await listener.remove_listener(channel, on_notify)
+                sender.remove_log_listener(on_log)
+        finally:
+            await pool.close()
+
+    _arun(main())
+
+
+@needs_asyncpg
+@pytest.mark.parametrize("ssl", [False, "require"])
+def test_asyncpg_timeout_cancels_query(gw_url, ssl):
+    # On a timeout asyncpg sends a CancelRequest and waits for the server to give the connection back.
+    async def main():
+        conn = await _aconnect(gw_url, ssl=ssl)
+        try:
+            started = time.monotonic()
+            with pytest.raises(asyncio.TimeoutError):
+                await conn.fetchval("SELECT pg_sleep(10)", timeout=0.5)
+            assert time.monotonic() - started < 3
+            assert not conn.is_closed() and not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT $1::text", "still usable") == "still usable"
+        finally:
+            await conn.close()
+
+    _arun(main())
+
+
 # ================================================================= pgbench
 
 
@@ -1063,6 +1207,24 @@ def test_pgbench_tpcb(pgbench, gw_dsn):
         assert branches == tellers == history
 
 
+PGBENCH_PIPELINE_SCRIPT = """\\set aid random(1, 100000 * :scale)
+\\set delta random(-5000, 5000)
+\\startpipeline
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+SELECT bid, filler IS NOT NULL FROM pgbench_accounts WHERE aid = :aid;
+SELECT count(*) FROM pgbench_branches WHERE bbalance > :delta;
+\\endpipeline
+"""
+
+
+@pytest.mark.parametrize("mode", ["extended", "prepared"])
+def test_pgbench_pipeline_script(pgbench, mode, tmp_path):
+    # \startpipeline/\endpipeline: libpq pipeline mode, several statements per Sync.
+    script = tmp_path / "pipeline.sql"
+    script.write_text(PGBENCH_PIPELINE_SCRIPT)
+    _assert_pgbench_ok(pgbench("-f", str(script), "-t", "100", "-c", "2", "-M", mode), 200, mode)
+
+
 # ================================================================= node-postgres
 
 
@@ -1122,3 +1284,88 @@ def test_node_postgres(gw_url):
     assert summary["undefinedTable"]["code"] == "42P01"
     assert summary["alive"] == "yes"
     assert summary["notices"] == [{"severity": "NOTICE", "message": "node notice 7"}]
+
+
+# ================================================================= large messages
+#
+# Statements and parameters of a few tens of MiB are ordinary (generated INSERTs,
+# documents in bytea); they are well below listen.max_message_size (64 MiB).
+# A stalled gateway must fail these tests, not hang the run, hence the timeouts.
+
+LARGE_MIB = 20
+LARGE_TIMEOUT = 12  # seconds; about 0.3 s is normal for 20 MiB
+
+
+def test_psql_large_statement(psql):
+    payload_len = LARGE_MIB * 1024 * 1024
+    sql = f"SELECT length('{'z' * payload_len}') AS n;\n"
+    try:
+        r = subprocess.run(
+            [psql.program, "-X", "-At", "-d", psql.conninfo("disable"), "-f", "-"],
+            input=sql,
+            capture_output=True,
+            text=True,
+            timeout=LARGE_TIMEOUT,
+            env=_client_env(psql.creds["password"]),
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"a {LARGE_MIB} MiB simple Query got no answer within {LARGE_TIMEOUT}s (the session stalled)")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(payload_len)
+
+
+def test_psycopg_large_bind_parameter(gw_dsn):
+    payload = bytes(range(256)) * (LARGE_MIB * 4096)  # LARGE_MIB MiB
+    conn = psycopg.connect(gw_dsn, autocommit=True)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["row"] = conn.execute(
+                "SELECT length(b), md5(b) FROM (SELECT %s::bytea AS b) AS s", (payload,)
+            ).fetchone()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            outcome["exc"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    try:
+        thread.start()
+        thread.join(LARGE_TIMEOUT)
+        if thread.is_alive():
+            # Unblock the client thread: shut the socket down under libpq's feet.
+            with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+            thread.join(10)
+            pytest.fail(f"a Bind with a {LARGE_MIB} MiB parameter got no answer within {LARGE_TIMEOUT}s (the session stalled)")
+        assert "exc" not in outcome, repr(outcome.get("exc"))
+        assert outcome["row"] == (len(payload), hashlib.md5(payload).hexdigest())
+        assert conn.execute("SELECT 'usable'").fetchone() == ("usable",)
+    finally:
+        conn.close()
+
+
+# ================================================================= statement log accuracy
+
+
+def test_statement_log_after_sql_deallocate(gw_dsn, stages):
+    # libpq's PQprepare/PQexecPrepared (psycopg's pgconn API): a named statement
+    # is dropped with SQL DEALLOCATE and its name prepared again for a new query.
+    # The statements the gateway reports (statement log, completion hooks)
+    # must show the query that actually ran.
+    name = _name("stmt").encode()
+    old_alias, new_alias = _name("old_query"), _name("new_query")
+    with psycopg.connect(gw_dsn, autocommit=True) as conn:
+        pgconn = conn.pgconn
+        assert pgconn.prepare(name, f"SELECT 1 AS {old_alias}".encode()).error_message == b""
+        assert pgconn.exec_prepared(name, []).get_value(0, 0) == b"1"
+        conn.execute(f"DEALLOCATE {name.decode()}")
+        assert pgconn.prepare(name, f"SELECT 2 AS {new_alias}".encode()).error_message == b""
+        result = pgconn.exec_prepared(name, [])
+        assert result.fname(0) == new_alias.encode() and result.get_value(0, 0) == b"2"
+
+    executes = [
+        s.text or ""
+        for s in list(stages["record"].completed_statements)
+        if s.kind == "execute" and (old_alias in (s.text or "") or new_alias in (s.text or ""))
+    ]
+    assert executes == [f"SELECT 1 AS {old_alias}", f"SELECT 2 AS {new_alias}"]

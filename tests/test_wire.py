@@ -253,6 +253,26 @@ def test_hostile_length_is_refused_without_allocating(length):
     assert peak < 64 * 1024, f"refusing a {length}-byte message allocated {peak} bytes"
 
 
+def test_large_message_in_small_reads_costs_linear_time():
+    """A big message (a large INSERT or Bind parameter, well under max_message_size)
+    arriving in socket-sized reads must not be re-concatenated on every read: that is
+    quadratic (32 MiB in 64 KiB reads copies ~8 GB) and runs on the event loop that
+    serves every session. Linear handling takes a few milliseconds here."""
+    import time
+
+    size = 32 * 1024 * 1024
+    message = b"Q" + struct.pack("!I", size + 4) + b"x" * (size - 1) + b"\x00"
+    fb = FrameBuffer(64 * 1024 * 1024)
+    frames = []
+    start = time.perf_counter()
+    for i in range(0, len(message), 65536):
+        buf, got = fb.feed(message[i : i + 65536])
+        frames += [(t, e - s) for t, s, e in got]
+    elapsed = time.perf_counter() - start
+    assert frames == [(ord("Q"), len(message))]
+    assert elapsed < 1.0, f"feeding a 32 MiB message in 64 KiB reads took {elapsed:.2f}s"
+
+
 @SETTINGS
 @given(st.binary(max_size=64))
 def test_framebuffer_arbitrary_bytes_never_crash(data):

@@ -170,9 +170,11 @@ class Relay:
 
     @property
     def queued_bytes(self) -> int:
+        """Bytes of complete messages waiting behind a hold (a partial message is
+        bounded by max_message_size and must be allowed to finish arriving)."""
         if not self._queue:
-            return self._client.buffered
-        return self._client.buffered + sum(e - s for _, _, s, e in self._queue)
+            return 0
+        return sum(e - s for _, _, s, e in self._queue)
 
     # --------------------------------------------------------- client -> server
 
@@ -394,12 +396,12 @@ class Relay:
         elif kind == Kind.EXECUTE:
             self._pending.append(_Pending(_EXECUTE, stmt))
         else:  # PARSE
+            # Speculative: the server may still fail this Parse (a syntax error, or
+            # a name that exists, perhaps unknown to us after an SQL DEALLOCATE);
+            # the undo entry restores the previous view when it does.
             name = stmt.statement_name or ""
-            undo = None
-            if name == "" or name not in self._prepared:
-                # Speculative: the server may still fail this Parse; undone on error.
-                undo = (self._prepared, name, self._prepared.get(name, _MISSING))
-                self._prepared[name] = _Prepared(stmt.text or "", stmt.param_types)
+            undo = (self._prepared, name, self._prepared.get(name, _MISSING))
+            self._prepared[name] = _Prepared(stmt.text or "", stmt.param_types)
             self._pending.append(_Pending(_PARSE, stmt, undo=undo))
 
     def _send_poison(self, stmt: Statement, deny: Deny) -> None:
