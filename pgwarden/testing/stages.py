@@ -28,7 +28,7 @@ class DenyMarkerStage:
 
     def check(self, statement: Statement) -> Verdict | None:
         if statement.text is not None and self.marker in statement.text:
-            return Deny(f'pgwarden: statement refused by rule "test.deny"', self.sqlstate, rule="test.deny")
+            return Deny('pgwarden: statement refused by rule "test.deny"', self.sqlstate, rule="test.deny")
         return None
 
 

@@ -1,0 +1,234 @@
+"""Expected-reply tracking: the server -> client half of the relay.
+
+Every message the relay forwards that PostgreSQL answers leaves a
+:class:`_Pending` entry in ``self._pending``; each server message is matched
+against the head of that queue. That is how the relay knows which statement a
+CommandComplete or an error belongs to, which ErrorResponse is a poison's (and
+must be replaced by the policy's error), and when a speculative change to the
+prepared-statement or portal map must be undone because PostgreSQL discarded
+the message. DataRow and CopyData, the bulk of the traffic, are skipped by
+reading their 5-byte header only; one that continues past a chunk is forwarded
+as far as it goes and the rest skipped when it arrives.
+
+:class:`ReplyTracker` is the base class of :class:`~pgwarden.session.relay.Relay`,
+which owns the state it uses (``_pending``, ``_prepared``, ``_portals``,
+``session``, ``to_client``, ``_completed`` and the rewrite hook).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..wire import encode
+from ..wire.constants import B, SQLState
+from ..wire.frames import ProtocolViolation, unpack_uint32
+from ..wire.messages import decode_error_fields, decode_parameter_status
+from .statement import Statement
+from .verdict import Deny
+
+__all__ = ["ReplyTracker", "deny_error"]
+
+_MISSING: Any = object()
+
+# Pending reply kinds.
+_PARSE, _BIND, _DESCRIBE, _EXECUTE, _CLOSE, _SYNC, _QUERY, _POISON_PARSE, _POISON_QUERY = range(9)
+_ENDS_WITH_READY = (_SYNC, _QUERY, _POISON_QUERY)
+
+
+class _Pending:
+    __slots__ = ("kind", "stmt", "deny", "undo")
+
+    def __init__(self, kind: int, stmt: Statement | None = None, deny: Deny | None = None, undo: tuple | None = None):
+        self.kind = kind
+        self.stmt = stmt
+        self.deny = deny
+        # (dict, key, previous value or _MISSING): how to revert a speculative
+        # map change if the server discards this message.
+        self.undo = undo
+
+
+class ReplyTracker:
+    """Mixin: server -> client processing; see the module docstring."""
+
+    def server_data(self, data: bytes) -> None:
+        """Bytes from the upstream server. Raises ProtocolViolation if it is not speaking the protocol.
+
+        A DataRow or CopyData that continues past the end of a chunk is forwarded
+        as far as it goes and the rest is skipped when it arrives, so bulk
+        results stream through without being re-buffered or copied.
+        """
+        out = self.to_client
+        pos = 0
+        skip = self._server_skip
+        if skip:
+            if skip >= len(data):
+                self._server_skip = skip - len(data)
+                out.append(data)
+                return
+            self._server_skip = 0
+            pos = skip
+        if self._server_tail:
+            buf = self._server_tail + data[pos:]
+            self._server_tail = b""
+            pos = 0
+        else:
+            buf = data
+        end = len(buf)
+        span = 0
+        unpack = unpack_uint32
+        while end - pos >= 5:
+            t = buf[pos]
+            size = unpack(buf, pos + 1)[0] + 1
+            if size < 5:
+                raise ProtocolViolation(f"upstream sent a message with invalid length {size - 1}")
+            if size > end - pos:
+                if t == 68 or t == 100:
+                    self._server_skip = size - (end - pos)
+                    pos = end
+                break
+            if t == 68 or t == 100:  # DataRow, CopyData: the bulk, untouched
+                pos += size
+                continue
+            replacement = self._server_message(t, buf, pos, size)
+            if replacement is not None:
+                if pos > span:
+                    out.append(buf[span:pos])
+                if replacement:
+                    out.append(replacement)
+                span = pos + size
+            pos += size
+        if span == 0 and pos == end:
+            out.append(buf)
+        elif pos > span:
+            out.append(buf[span:pos])
+        if pos < end:
+            self._server_tail = buf[pos:]
+
+    def _server_message(self, t: int, buf: bytes, pos: int, size: int) -> bytes | None:
+        """Track one non-bulk server message; return replacement bytes, b"" to drop, None to pass."""
+        pending = self._pending
+        head = pending[0] if pending else None
+        if t == B.READY_FOR_QUERY:
+            status = chr(buf[pos + 5])
+            self.session.txn_status = status
+            while pending:
+                entry = pending.popleft()
+                if entry.kind in _ENDS_WITH_READY:
+                    self._finish_ready(entry)
+                    break
+                self._finish(entry, "skipped")  # out of step: never let the queue wedge
+            if not pending and status == "I":
+                self._portals.clear()  # portals die with the transaction
+            return None
+        if t == B.COMMAND_COMPLETE:
+            if head is not None and head.stmt is not None:
+                tag = bytes(buf[pos + 5 : pos + size - 1]).decode("utf-8", "replace")
+                head.stmt.tags.append(tag)
+                if head.kind == _EXECUTE:
+                    pending.popleft()
+                    self._finish(head, "ok")
+            return None
+        if t == B.PARSE_COMPLETE or t == B.BIND_COMPLETE or t == B.CLOSE_COMPLETE or t == B.NO_DATA:
+            if head is not None:
+                pending.popleft()
+                if head.kind == _PARSE:
+                    self._finish(head, "ok")
+            return None
+        if t == B.ROW_DESCRIPTION:
+            if head is not None and head.kind == _DESCRIBE:
+                pending.popleft()
+            return None
+        if t == B.PORTAL_SUSPENDED or t == B.EMPTY_QUERY_RESPONSE:
+            if head is not None and head.kind == _EXECUTE:
+                pending.popleft()
+                self._finish(head, "ok")
+            return None
+        if t == B.ERROR_RESPONSE:
+            return self._on_server_error(buf, pos, size)
+        if t == B.PARAMETER_STATUS:
+            name, value = decode_parameter_status(buf[pos + 5 : pos + size])
+            self.session.server_params[name] = value
+            if self._rewrite_parameter is not None:
+                new = self._rewrite_parameter(name, value)
+                if new is not None and new != value:
+                    return encode.parameter_status(name, new)
+            return None
+        if t in (B.AUTHENTICATION, B.BACKEND_KEY_DATA, B.NEGOTIATE_PROTOCOL_VERSION):
+            raise ProtocolViolation(f"upstream sent startup message {chr(t)!r} after startup")
+        # ParameterDescription, NoticeResponse, NotificationResponse, Copy*Response,
+        # CopyDone, FunctionCallResponse: relayed untouched.
+        return None
+
+    def _on_server_error(self, buf: bytes, pos: int, size: int) -> bytes | None:
+        pending = self._pending
+        if not pending:
+            return None  # e.g. FATAL on admin shutdown: relay as is
+        head = pending[0]
+        if head.kind == _POISON_QUERY:
+            head.stmt.status = "denied"
+            return deny_error(head.deny)
+        if head.kind in (_QUERY,):
+            head.stmt.error = decode_error_fields(buf[pos + 5 : pos + size])
+            head.stmt.status = "error"
+            return None
+        if head.kind == _SYNC:
+            return None  # the implicit transaction failed at commit; ReadyForQuery follows
+        # Extended protocol: the failing message is at the head; the server now
+        # discards everything up to the next Sync.
+        failed = pending.popleft()
+        replacement = None
+        if failed.kind == _POISON_PARSE:
+            self._finish(failed, "denied")
+            replacement = deny_error(failed.deny)
+        else:
+            if failed.stmt is not None:
+                failed.stmt.error = decode_error_fields(buf[pos + 5 : pos + size])
+            self._undo(failed)
+            if failed.kind == _PARSE and failed.stmt is not None and not failed.stmt.statement_name:
+                # PostgreSQL drops the unnamed statement before parsing the new one.
+                self._prepared.pop("", None)
+            self._finish(failed, "error")
+        discarded = []
+        while pending and pending[0].kind != _SYNC:
+            discarded.append(pending.popleft())
+        for entry in reversed(discarded):
+            self._undo(entry)
+        for entry in discarded:
+            self._finish(entry, "skipped")
+        return replacement
+
+    def _undo(self, entry: _Pending) -> None:
+        if entry.undo is not None:
+            table, key, previous = entry.undo
+            if previous is _MISSING:
+                table.pop(key, None)
+            else:
+                table[key] = previous
+
+    def _finish_ready(self, entry: _Pending) -> None:
+        stmt = entry.stmt
+        if stmt is None:
+            return
+        if entry.kind == _POISON_QUERY:
+            self._finish(entry, "denied")
+        elif stmt.status == "pending":
+            self._finish(entry, "ok")
+        else:
+            self._finish(entry, stmt.status)
+
+    def _finish(self, entry: _Pending, status: str) -> None:
+        stmt = entry.stmt
+        if stmt is None:
+            return
+        stmt.finish(status)
+        if self._completed is not None:
+            self._completed(stmt)
+
+
+def deny_error(deny: Deny | None) -> bytes:
+    if deny is None:
+        return encode.error_response(SQLState.INSUFFICIENT_PRIVILEGE, "pgwarden: statement denied")
+    detail = deny.detail
+    if deny.rule and not detail:
+        detail = f'Refused by pgwarden rule "{deny.rule}".'
+    return encode.error_response(deny.sqlstate, deny.message, detail=detail, hint=deny.hint)
