@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Compare pgwarden's pass-through cost with a direct connection and pgbouncer.
+"""Compare pgwarden's pass-through cost with a direct connection, pgbouncer and a bare forwarder.
 
     python bench/pgbench_compare.py [--duration S] [--rounds N] [--quick]
 
@@ -10,18 +10,21 @@ What it does, start to finish:
    ``max_connections`` and ``shared_buffers``) and loads pgbench data into
    ``appdb`` as the ``app`` role (``pgbench -i -s SCALE``).
 2. Starts pgbouncer (session pooling, SCRAM to the client and to PostgreSQL,
-   plain-text password in its userlist) and ``pgwarden serve`` (TLS disabled,
-   statement logging off, log level warning), each on a free port on
+   plain-text password in its userlist), ``pgwarden serve`` (TLS disabled,
+   statement logging off, log level warning) and ``bench/forwarder.py`` (the
+   reference path: a bare Python/uvloop TCP byte forwarder, no protocol
+   parsing; the floor for any Python proxy here), each on a free port on
    127.0.0.1. Nothing uses TLS: the client side is ``sslmode=disable`` on every
-   path and both proxies reach PostgreSQL without TLS.
+   path and every proxy reaches PostgreSQL without TLS.
 3. For each round, for each (protocol, clients) case, runs ``pgbench -n -S``
-   against direct, pgbouncer and pgwarden in an order that rotates with the
-   round and the case, so slow drift on a shared machine does not always hit
-   the same path. Then reads a large result (default 1,000,000 rows, five
-   times on one connection) through each path, again in rotated order.
+   against direct, pgbouncer, pgwarden and forwarder in an order that rotates
+   with the round and the case, so slow drift on a shared machine does not
+   always hit the same path. Then reads a large result (default 1,000,000 rows,
+   five times on one connection) through each path, again in rotated order.
 4. Reports medians over the rounds: TPS, mean latency, the ratios
-   pgwarden/direct and pgwarden/pgbouncer, the latency pgwarden adds over a
-   direct connection, the CPU the proxy process used, and rows/s. Prints a
+   pgwarden/direct, pgwarden/pgbouncer and pgwarden/forwarder (pgwarden's own
+   overhead), the latency each proxy adds over a direct connection, the CPU
+   each proxy process used, and rows/s. Prints a
    plain table and a Markdown block for docs/benchmarks.md, and writes
    everything (every single run too) to ``bench/results/<timestamp>.json``.
 
@@ -61,7 +64,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-PATHS = ("direct", "pgbouncer", "pgwarden")
+PATHS = ("direct", "pgbouncer", "pgwarden", "forwarder")
+PROXIES = ("pgbouncer", "pgwarden", "forwarder")  # the paths with a process of their own
+FORWARDER = Path(__file__).resolve().parent / "forwarder.py"
 DB = "appdb"          # database name on every path (pgwarden's target has the same name)
 ROLE = "app"          # PostgreSQL role; pgwarden's static user has the same name and password
 # The large read. "table" (default) reads pgbench_accounts, which sits in
@@ -173,7 +178,8 @@ def ensure_pgbouncer() -> str:
         return str(found)
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise BenchError(
-            "pgbouncer is not installed (apt-get install pgbouncer), or leave it out with --paths direct,pgwarden"
+            "pgbouncer is not installed (apt-get install pgbouncer), "
+            "or leave it out with --paths direct,pgwarden,forwarder"
         )
     log("pgbouncer is missing: installing it with apt-get (the Debian service is not started)")
     # invoke-rc.d asks /usr/sbin/policy-rc.d whether it may start services; exit 101 means no.
@@ -325,6 +331,23 @@ def start_pgwarden(workdir: Path, pg, password: str, use_uvloop: bool) -> Proxy:
         )
     proxy = Proxy("pgwarden", port, proc, logfile)
     wait_for_port(port, proc, "pgwarden", logfile)
+    return proxy
+
+
+def start_forwarder(workdir: Path, pg, use_uvloop: bool) -> Proxy:
+    """bench/forwarder.py: bytes only, no parsing; the client logs in to PostgreSQL itself (SCRAM)."""
+    port = free_port()
+    argv = [sys.executable, str(FORWARDER), str(pg.host), str(pg.port), str(port)]
+    if not use_uvloop:
+        argv.append("--no-uvloop")  # same event loop as pgwarden in this run
+    logfile = workdir / "forwarder.log"
+    with open(logfile, "wb") as out:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+            env=clean_env(), start_new_session=True,
+        )
+    proxy = Proxy("forwarder", port, proc, logfile)
+    wait_for_port(port, proc, "forwarder", logfile)
     return proxy
 
 
@@ -523,14 +546,20 @@ def summarize(runs: list[dict], rows_runs: list[dict], cases: list[tuple[str, in
                 "n": len(sel),
             }
         p = entry["paths"]
-        if "pgwarden" in p and "direct" in p:
-            entry["pgwarden_over_direct"] = p["pgwarden"]["tps"] / p["direct"]["tps"]
-            entry["pgwarden_added_latency_us"] = (p["pgwarden"]["latency_ms"] - p["direct"]["latency_ms"]) * 1000
-        if "pgwarden" in p and "pgbouncer" in p:
-            entry["pgwarden_over_pgbouncer"] = p["pgwarden"]["tps"] / p["pgbouncer"]["tps"]
-        if "pgbouncer" in p and "direct" in p:
-            entry["pgbouncer_over_direct"] = p["pgbouncer"]["tps"] / p["direct"]["tps"]
-            entry["pgbouncer_added_latency_us"] = (p["pgbouncer"]["latency_ms"] - p["direct"]["latency_ms"]) * 1000
+        for proxy in PROXIES:
+            if proxy in p and "direct" in p:
+                entry[f"{proxy}_over_direct"] = p[proxy]["tps"] / p["direct"]["tps"]
+                entry[f"{proxy}_added_latency_us"] = (p[proxy]["latency_ms"] - p["direct"]["latency_ms"]) * 1000
+        for other in ("pgbouncer", "forwarder"):
+            if "pgwarden" in p and other in p:
+                entry[f"pgwarden_over_{other}"] = p["pgwarden"]["tps"] / p[other]["tps"]
+        if "pgwarden" in p and "forwarder" in p:
+            # What pgwarden's own work (parsing, tracking, pipeline) adds on top of the bare hop.
+            entry["pgwarden_over_forwarder_latency_us"] = (
+                p["pgwarden"]["latency_ms"] - p["forwarder"]["latency_ms"]) * 1000
+            cpu_w, cpu_f = p["pgwarden"]["proxy_cpu_us_per_txn"], p["forwarder"]["proxy_cpu_us_per_txn"]
+            if cpu_w is not None and cpu_f is not None:
+                entry["pgwarden_over_forwarder_cpu_us_per_txn"] = cpu_w - cpu_f
         pgbench_summary.append(entry)
     rows_summary: dict[str, Any] = {"paths": {}}
     for path in paths:
@@ -544,10 +573,12 @@ def summarize(runs: list[dict], rows_runs: list[dict], cases: list[tuple[str, in
                 "n": len(sel),
             }
     rp = rows_summary["paths"]
-    if "pgwarden" in rp and "direct" in rp:
-        rows_summary["pgwarden_over_direct"] = rp["pgwarden"]["rows_per_s"] / rp["direct"]["rows_per_s"]
-    if "pgwarden" in rp and "pgbouncer" in rp:
-        rows_summary["pgwarden_over_pgbouncer"] = rp["pgwarden"]["rows_per_s"] / rp["pgbouncer"]["rows_per_s"]
+    for proxy in PROXIES:
+        if proxy in rp and "direct" in rp:
+            rows_summary[f"{proxy}_over_direct"] = rp[proxy]["rows_per_s"] / rp["direct"]["rows_per_s"]
+    for other in ("pgbouncer", "forwarder"):
+        if "pgwarden" in rp and other in rp:
+            rows_summary[f"pgwarden_over_{other}"] = rp["pgwarden"]["rows_per_s"] / rp[other]["rows_per_s"]
     return {"pgbench": pgbench_summary, "rows": rows_summary}
 
 
@@ -555,51 +586,76 @@ def _f(value: float | None, fmt: str) -> str:
     return "–" if value is None else format(value, fmt)
 
 
+SHORT = {"direct": "direct", "pgbouncer": "pgb", "pgwarden": "pgw", "forwarder": "fwd"}
+
+
+def _cell(e: dict, path: str, key: str, fmt: str) -> str:
+    return _f(e["paths"].get(path, {}).get(key), fmt)
+
+
 def text_report(summary: dict, paths: list[str], rows: int, query: str) -> str:
+    proxies = [p for p in paths if p in PROXIES]
+    both = "pgwarden" in paths and "forwarder" in paths  # pgwarden's own overhead = pgwarden - forwarder
     lines = []
     head = f"{'protocol':<9} {'-c':>3} " + " ".join(f"{p + ' TPS':>15}" for p in paths)
-    head += f" {'pgw/direct':>10} {'pgw/pgb':>8}"
+    head += f" {'pgw/direct':>10} {'pgw/pgb':>8} {'pgw/fwd':>8}"
     lines.append("pgbench -S, median TPS (pgbench 'without initial connection time')")
     lines.append(head)
     for e in summary["pgbench"]:
         row = f"{e['mode']:<9} {e['clients']:>3} "
-        row += " ".join(f"{_f(e['paths'].get(p, {}).get('tps'), ',.0f'):>15}" for p in paths)
-        row += f" {_f(e.get('pgwarden_over_direct'), '.3f'):>10} {_f(e.get('pgwarden_over_pgbouncer'), '.3f'):>8}"
+        row += " ".join(f"{_cell(e, p, 'tps', ',.0f'):>15}" for p in paths)
+        row += (f" {_f(e.get('pgwarden_over_direct'), '.3f'):>10} {_f(e.get('pgwarden_over_pgbouncer'), '.3f'):>8}"
+                f" {_f(e.get('pgwarden_over_forwarder'), '.3f'):>8}")
         lines.append(row)
     lines.append("")
-    lines.append("pgbench -S, median mean latency (ms); added = over direct, in µs; "
-                 "CPU = proxy process, % of one core and µs per transaction")
+    lines.append("pgbench -S, median mean latency (ms); +µs = added over direct"
+                 + ("; pgw-fwd = pgwarden minus forwarder, in µs" if both else ""))
     head = f"{'protocol':<9} {'-c':>3} " + " ".join(f"{p + ' ms':>14}" for p in paths)
-    head += f" {'pgw +µs':>8} {'pgb +µs':>8} {'pgw CPU%':>8} {'pgb CPU%':>8} {'pgw µs/tx':>9} {'pgb µs/tx':>9}"
+    head += "".join(f" {SHORT[p] + ' +µs':>8}" for p in proxies) + (f" {'pgw-fwd µs':>10}" if both else "")
     lines.append(head)
     for e in summary["pgbench"]:
         row = f"{e['mode']:<9} {e['clients']:>3} "
-        row += " ".join(f"{_f(e['paths'].get(p, {}).get('latency_ms'), '.3f'):>14}" for p in paths)
-        row += f" {_f(e.get('pgwarden_added_latency_us'), '.1f'):>8} {_f(e.get('pgbouncer_added_latency_us'), '.1f'):>8}"
-        row += f" {_f(e['paths'].get('pgwarden', {}).get('proxy_cpu_pct'), '.0f'):>8}"
-        row += f" {_f(e['paths'].get('pgbouncer', {}).get('proxy_cpu_pct'), '.0f'):>8}"
-        row += f" {_f(e['paths'].get('pgwarden', {}).get('proxy_cpu_us_per_txn'), '.1f'):>9}"
-        row += f" {_f(e['paths'].get('pgbouncer', {}).get('proxy_cpu_us_per_txn'), '.1f'):>9}"
+        row += " ".join(f"{_cell(e, p, 'latency_ms', '.3f'):>14}" for p in paths)
+        row += "".join(f" {_f(e.get(f'{p}_added_latency_us'), '.1f'):>8}" for p in proxies)
+        row += f" {_f(e.get('pgwarden_over_forwarder_latency_us'), '.1f'):>10}" if both else ""
         lines.append(row)
+    if proxies:
+        lines.append("")
+        lines.append("proxy process CPU: % of one core, and µs per transaction"
+                     + ("; pgw-fwd = pgwarden's µs/tx minus forwarder's" if both else ""))
+        head = f"{'protocol':<9} {'-c':>3}" + "".join(f" {SHORT[p] + ' CPU%':>8}" for p in proxies)
+        head += "".join(f" {SHORT[p] + ' µs/tx':>9}" for p in proxies) + (f" {'pgw-fwd µs/tx':>13}" if both else "")
+        lines.append(head)
+        for e in summary["pgbench"]:
+            row = f"{e['mode']:<9} {e['clients']:>3}"
+            row += "".join(f" {_cell(e, p, 'proxy_cpu_pct', '.0f'):>8}" for p in proxies)
+            row += "".join(f" {_cell(e, p, 'proxy_cpu_us_per_txn', '.1f'):>9}" for p in proxies)
+            row += f" {_f(e.get('pgwarden_over_forwarder_cpu_us_per_txn'), '.1f'):>13}" if both else ""
+            lines.append(row)
     rs = summary["rows"]
     if not rs["paths"]:
         return "\n".join(lines)
     lines.append("")
     direct = rs["paths"].get("direct", {}).get("rows_per_s")
+    fwd = rs["paths"].get("forwarder", {}).get("rows_per_s")
     lines.append(f"{rows:,}-row read, median rows/s (psycopg/libpq, result buffered by libpq): {query}")
     for p in paths:
         v = rs["paths"].get(p)
         if v:
-            ratio = f"{v['rows_per_s'] / direct:.3f} × direct" if direct else ""
+            ratios = [f"{v['rows_per_s'] / ref:.3f} × {name}" for name, ref in (("direct", direct), ("forwarder", fwd))
+                      if ref]
             cpu = v.get("proxy_cpu_s_per_read")
-            cpu = f", proxy CPU {cpu:.3f} s per read" if cpu is not None else ""
-            lines.append(f"  {p:<10} {v['rows_per_s']:>14,.0f} rows/s  ({v['seconds']:.3f} s)  {ratio}{cpu}")
+            cpu = [f"proxy CPU {cpu:.3f} s per read"] if cpu is not None else []
+            lines.append(f"  {p:<10} {v['rows_per_s']:>14,.0f} rows/s  ({v['seconds']:.3f} s)  "
+                         + ", ".join(ratios + cpu))
     return "\n".join(lines)
 
 
 def markdown_report(summary: dict, paths: list[str], meta: dict) -> str:
     m = meta["machine"]
     a = meta["settings"]
+    proxies = [p for p in paths if p in PROXIES]
+    both = "pgwarden" in paths and "forwarder" in paths
     out = []
     out.append(f"Command: `{meta['command']}`  ")
     out.append(f"Run: {meta['started']} → {meta['finished']}, {a['rounds']} round(s) of "
@@ -624,43 +680,60 @@ def markdown_report(summary: dict, paths: list[str], meta: dict) -> str:
     if "pgbouncer" in paths:
         prose += (f" pgbouncer: session pooling, default_pool_size {a['pgbouncer_pool_size']}, "
                   "SCRAM-SHA-256 login.")
+    if "forwarder" in paths:
+        prose += (" forwarder: the reference path, `bench/forwarder.py`, a bare Python TCP byte forwarder "
+                  "on the same event loop as pgwarden, no protocol parsing (the client logs in to PostgreSQL "
+                  "through it); the floor for a Python proxy here, so pgwarden / forwarder is pgwarden's own "
+                  "overhead.")
     out.append(prose)
     out.append("")
     cols = " | ".join(f"{p} TPS" for p in paths)
-    out.append(f"| protocol | clients | {cols} | pgwarden / direct | pgwarden / pgbouncer |")
-    out.append("|---|---:|" + "---:|" * len(paths) + "---:|---:|")
+    out.append(f"| protocol | clients | {cols} | pgwarden / direct | pgwarden / pgbouncer | pgwarden / forwarder |")
+    out.append("|---|---:|" + "---:|" * len(paths) + "---:|---:|---:|")
     for e in summary["pgbench"]:
-        vals = " | ".join(_f(e["paths"].get(p, {}).get("tps"), ",.0f") for p in paths)
+        vals = " | ".join(_cell(e, p, "tps", ",.0f") for p in paths)
         out.append(f"| {e['mode']} | {e['clients']} | {vals} | {_f(e.get('pgwarden_over_direct'), '.2f')} | "
-                   f"{_f(e.get('pgwarden_over_pgbouncer'), '.2f')} |")
+                   f"{_f(e.get('pgwarden_over_pgbouncer'), '.2f')} | {_f(e.get('pgwarden_over_forwarder'), '.2f')} |")
     out.append("")
-    cols = " | ".join(f"{p} ms" for p in paths)
-    out.append(f"| protocol | clients | {cols} | pgwarden added µs | pgbouncer added µs | pgwarden CPU % "
-               "| pgwarden CPU µs/txn | pgbouncer CPU µs/txn |")
-    out.append("|---|---:|" + "---:|" * len(paths) + "---:|---:|---:|---:|---:|")
+    cols = "".join(f" {p} ms |" for p in paths) + "".join(f" {p} added µs |" for p in proxies)
+    cols += " pgwarden − forwarder µs |" if both else ""
+    out.append(f"| protocol | clients |{cols}")
+    out.append("|---|---:|" + "---:|" * (len(paths) + len(proxies) + both))
     for e in summary["pgbench"]:
-        vals = " | ".join(_f(e["paths"].get(p, {}).get("latency_ms"), ".3f") for p in paths)
-        out.append(f"| {e['mode']} | {e['clients']} | {vals} | {_f(e.get('pgwarden_added_latency_us'), '.0f')} | "
-                   f"{_f(e.get('pgbouncer_added_latency_us'), '.0f')} | "
-                   f"{_f(e['paths'].get('pgwarden', {}).get('proxy_cpu_pct'), '.0f')} | "
-                   f"{_f(e['paths'].get('pgwarden', {}).get('proxy_cpu_us_per_txn'), '.1f')} | "
-                   f"{_f(e['paths'].get('pgbouncer', {}).get('proxy_cpu_us_per_txn'), '.1f')} |")
+        vals = "".join(f" {_cell(e, p, 'latency_ms', '.3f')} |" for p in paths)
+        vals += "".join(f" {_f(e.get(f'{p}_added_latency_us'), '.0f')} |" for p in proxies)
+        vals += f" {_f(e.get('pgwarden_over_forwarder_latency_us'), '.0f')} |" if both else ""
+        out.append(f"| {e['mode']} | {e['clients']} |{vals}")
+    if proxies:
+        out.append("")
+        cols = "".join(f" {p} CPU % |" for p in proxies) + "".join(f" {p} CPU µs/txn |" for p in proxies)
+        cols += " pgwarden − forwarder CPU µs/txn |" if both else ""
+        out.append(f"| protocol | clients |{cols}")
+        out.append("|---|---:|" + "---:|" * (2 * len(proxies) + both))
+        for e in summary["pgbench"]:
+            vals = "".join(f" {_cell(e, p, 'proxy_cpu_pct', '.0f')} |" for p in proxies)
+            vals += "".join(f" {_cell(e, p, 'proxy_cpu_us_per_txn', '.1f')} |" for p in proxies)
+            vals += f" {_f(e.get('pgwarden_over_forwarder_cpu_us_per_txn'), '.1f')} |" if both else ""
+            out.append(f"| {e['mode']} | {e['clients']} |{vals}")
     rs = summary["rows"]
     if not rs["paths"]:
         return "\n".join(out)
     out.append("")
     direct = rs["paths"].get("direct", {}).get("rows_per_s")
+    fwd = rs["paths"].get("forwarder", {}).get("rows_per_s")
     out.append(f"Large read: `{a['rows_query']}` with psycopg {m.get('psycopg', '')}: libpq buffers "
                "the result, rows are not turned into Python objects. "
                f"Median of {a['rows_reps']} reads per round, then of the rounds.")
     out.append("")
-    out.append(f"| {a['rows']:,}-row read | rows/s | seconds | vs direct | proxy CPU s per read |")
-    out.append("|---|---:|---:|---:|---:|")
+    out.append(f"| {a['rows']:,}-row read | rows/s | seconds | vs direct |"
+               + (" vs forwarder |" if fwd else "") + " proxy CPU s per read |")
+    out.append("|---|---:|---:|---:|" + ("---:|" if fwd else "") + "---:|")
     for p in paths:
         v = rs["paths"].get(p)
         if v:
             ratio = _f(v["rows_per_s"] / direct if direct else None, ".2f")
-            out.append(f"| {p} | {v['rows_per_s']:,.0f} | {v['seconds']:.3f} | {ratio} | "
+            vs_fwd = f" {_f(v['rows_per_s'] / fwd, '.2f')} |" if fwd else ""
+            out.append(f"| {p} | {v['rows_per_s']:,.0f} | {v['seconds']:.3f} | {ratio} |{vs_fwd} "
                        f"{_f(v.get('proxy_cpu_s_per_read'), '.3f')} |")
     return "\n".join(out)
 
@@ -684,10 +757,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--clients", default="1,8", help="comma-separated pgbench client counts (default 1,8)")
     ap.add_argument("--threads", type=int, default=2, help="pgbench -j for multi-client runs (default 2; -c 1 uses 1)")
     ap.add_argument("--modes", default="simple,prepared", help="pgbench -M protocols (default simple,prepared)")
-    ap.add_argument("--paths", default=",".join(PATHS), help="which of direct,pgbouncer,pgwarden to run")
+    ap.add_argument("--paths", default=",".join(PATHS), help="which of direct,pgbouncer,pgwarden,forwarder to run (default all)")
     ap.add_argument("--warmup", type=int, help="seconds of untimed pgbench (largest -c, prepared) per path first (default 3, --quick 1)")
     ap.add_argument("--pool-size", type=int, default=20, help="pgbouncer default_pool_size (default 20)")
-    ap.add_argument("--no-uvloop", action="store_true", help="run pgwarden on the standard asyncio loop")
+    ap.add_argument("--no-uvloop", action="store_true",
+                    help="run pgwarden and the forwarder on the standard asyncio loop")
     ap.add_argument("--output", type=Path, help="JSON file (default bench/results/<timestamp>.json)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     ap.add_argument("--rows-worker", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -787,6 +861,9 @@ def main(argv: list[str] | None = None) -> int:
         if "pgwarden" in args.paths:
             proxies["pgwarden"] = start_pgwarden(workdir, pg, password, not args.no_uvloop)
             ports["pgwarden"] = proxies["pgwarden"].port
+        if "forwarder" in args.paths:
+            proxies["forwarder"] = start_forwarder(workdir, pg, not args.no_uvloop)
+            ports["forwarder"] = proxies["forwarder"].port
         for path in args.paths:
             info = check_path(path, ports[path], password)
             log(f"{path:<9} port {ports[path]}: ok ({info['accounts']:,} accounts, no TLS)")
@@ -845,7 +922,7 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
         warnings = ""
-        for name in ("pgwarden", "pgbouncer"):
+        for name in ("pgwarden", "pgbouncer", "forwarder"):
             proxy = proxies.get(name)
             if proxy is None:
                 continue
