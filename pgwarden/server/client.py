@@ -155,11 +155,27 @@ class ClientConnection(asyncio.Protocol):
     # ------------------------------------------------------------ input
 
     def data_received(self, data: bytes) -> None:
-        try:
-            if self.phase == "RELAY":
-                self.relay.client_data(data)  # type: ignore[union-attr]
+        relay = self.relay
+        if relay is not None and self.phase == "RELAY":
+            # The hot path: one relay call, one write upstream.
+            try:
+                relay.client_data(data)
+            except ProtocolViolation as exc:
+                self._fatal(SQLState.PROTOCOL_VIOLATION, f"invalid frontend message: {exc}", f"protocol violation: {exc}")
+                return
+            except Exception as exc:
+                self._log.exception("internal error handling client data")
+                self._fatal(SQLState.INTERNAL_ERROR, "pgwarden internal error; the session was closed", f"bug: {exc!r}")
+                return
+            out = relay.to_server
+            if out:
+                self._upstream_write(out[0] if len(out) == 1 else b"".join(out))
+                out.clear()
+            if relay.commands or relay.held or self._pauses or self.draining:
                 self._flush()
-            elif self.phase == "HANDSHAKE":
+            return
+        try:
+            if self.phase == "HANDSHAKE":
                 self._handshake_data(data)
             elif self.phase == "CONNECTING":
                 self._pending_client += data
@@ -296,6 +312,8 @@ class ClientConnection(asyncio.Protocol):
             extra={"event": "connect", "user": info.user, "target": info.target, "client": info.client_addr,
                    "tls": info.tls, "application_name": info.application_name, "upstream_auth": hs.auth_method},
         )
+        self._client_write = self.transport.write  # type: ignore[union-attr]
+        self._upstream_write = upstream.write
         upstream.relaying = True
         leftover = (self.handshake.leftover if self.handshake else b"") + self._pending_client
         self._pending_client = b""
@@ -330,7 +348,12 @@ class ClientConnection(asyncio.Protocol):
             self._log.exception("internal error handling upstream data")
             self._fatal(SQLState.INTERNAL_ERROR, "pgwarden internal error; the session was closed", f"bug: {exc!r}")
             return
-        self._flush()
+        out = relay.to_client
+        if out:
+            self._client_write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+        if self.draining:
+            self._flush()
 
     def _flush(self) -> None:
         relay = self.relay

@@ -141,6 +141,9 @@ class Relay(ReplyTracker):
         self._portals: dict[str, _Portal] = {}
         self._discarding = False
         self._held: tuple[Statement, Hold, int, tuple[bytes, int, int]] | None = None
+        self.held = False  # mirrors ``_held is not None`` (a plain attribute: read on every chunk)
+        # Timing is only worth a clock read when a stage will look at it.
+        self._timing = completed is not None
         self._request = 0
         self._request_open = False
         self.to_server: list[bytes | memoryview] = []
@@ -154,9 +157,6 @@ class Relay(ReplyTracker):
     def txn_status(self) -> str:
         return self.session.txn_status
 
-    @property
-    def held(self) -> bool:
-        return self._held is not None
 
     @property
     def idle(self) -> bool:
@@ -359,6 +359,7 @@ class Relay(ReplyTracker):
             self.commands.append(StageFailed(exc, stmt))
         if isinstance(verdict, Hold):
             self._held = (stmt, verdict, first_stage, msg)
+            self.held = True
             self.commands.append(HoldRequested(verdict, stmt))
             return
         self._apply(stmt, msg, verdict)
@@ -384,7 +385,8 @@ class Relay(ReplyTracker):
             )
         else:
             self._pass(*msg)
-        stmt.mark_started()
+        if self._timing:
+            stmt.mark_started()
         kind = stmt.kind
         if kind == Kind.QUERY:
             self._pending.append(_Pending(_QUERY, stmt))
@@ -400,7 +402,8 @@ class Relay(ReplyTracker):
             self._pending.append(_Pending(_PARSE, stmt, undo=undo))
 
     def _send_poison(self, stmt: Statement, deny: Deny) -> None:
-        stmt.mark_started()
+        if self._timing:
+            stmt.mark_started()
         if stmt.protocol == Protocol.SIMPLE:
             self._emit(POISON_QUERY_BYTES)
             self._pending.append(_Pending(_POISON_QUERY, stmt, deny))
@@ -415,11 +418,13 @@ class Relay(ReplyTracker):
             return
         stmt, hold, first_stage, msg = self._held
         self._held = None
+        self.held = False
         if isinstance(verdict, Allow):
             # Continue with the stages after the one that held (the pipeline noted it).
             self._decide(stmt, msg, stmt.next_stage)
         elif isinstance(verdict, Hold):
             self._held = (stmt, verdict, first_stage, msg)
+            self.held = True
             self.commands.append(HoldRequested(verdict, stmt))
             return
         else:

@@ -220,9 +220,11 @@ class ReplyTracker:
         stmt = entry.stmt
         if stmt is None:
             return
+        if self._completed is None:
+            stmt.status = status
+            return
         stmt.finish(status)
-        if self._completed is not None:
-            self._completed(stmt)
+        self._completed(stmt)
 
 
 def deny_error(deny: Deny | None) -> bytes:
