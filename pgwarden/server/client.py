@@ -160,12 +160,8 @@ class ClientConnection(asyncio.Protocol):
             # The hot path: one relay call, one write upstream.
             try:
                 relay.client_data(data)
-            except ProtocolViolation as exc:
-                self._fatal(SQLState.PROTOCOL_VIOLATION, f"invalid frontend message: {exc}", f"protocol violation: {exc}")
-                return
             except Exception as exc:
-                self._log.exception("internal error handling client data")
-                self._fatal(SQLState.INTERNAL_ERROR, "pgwarden internal error; the session was closed", f"bug: {exc!r}")
+                self._client_input_failed(exc)
                 return
             out = relay.to_server
             if out:
@@ -181,10 +177,15 @@ class ClientConnection(asyncio.Protocol):
                 self._pending_client += data
                 if len(self._pending_client) > 1024 * 1024:
                     self._fatal(SQLState.PROTOCOL_VIOLATION, "too much data before the session was ready", "early data")
-        except ProtocolViolation as exc:
-            self._fatal(SQLState.PROTOCOL_VIOLATION, f"invalid frontend message: {exc}", f"protocol violation: {exc}")
         except Exception as exc:
-            self._log.exception("internal error handling client data")
+            self._client_input_failed(exc)
+
+    def _client_input_failed(self, exc: Exception) -> None:
+        """The client's fault is answered on the wire; our bug is logged with its traceback."""
+        if isinstance(exc, ProtocolViolation):
+            self._fatal(SQLState.PROTOCOL_VIOLATION, f"invalid frontend message: {exc}", f"protocol violation: {exc}")
+        else:
+            self._log.error("internal error handling client data", exc_info=exc)
             self._fatal(SQLState.INTERNAL_ERROR, "pgwarden internal error; the session was closed", f"bug: {exc!r}")
 
     def _handshake_data(self, data: bytes) -> None:
