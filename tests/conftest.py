@@ -7,11 +7,23 @@ roles or pg_hba.conf in ways other tests would notice.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import pytest
 
 from pgwarden.testing.postgres import TestPostgres
+
+
+def pytest_configure(config) -> None:
+    """SIGTERM (CI timeouts, ``timeout``) unwinds like Ctrl-C, so fixtures stop
+    the test PostgreSQL instead of leaving it running (atexit does not run on a
+    signal)."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 @pytest.fixture(scope="session")
