@@ -98,6 +98,8 @@ class ListenConfig(_Strict):
     tls: ListenTLSConfig = ListenTLSConfig(mode="disable")
     # With tls.mode=require, still accept plaintext from 127.0.0.0/8 and ::1.
     allow_plaintext_loopback: bool = False
+    # Accept a password sent in cleartext (a token) without TLS from loopback.
+    allow_cleartext_password_loopback: bool = False
     max_connections: Annotated[int, Field(ge=1)] = 1000
     # Seconds a client has to finish the startup and authentication exchange.
     startup_timeout: Annotated[float, Field(gt=0)] = 30.0

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..logs import SessionLogger
 from ..session.relay import CloseRequested, HoldRequested, Relay, StageFailed
-from ..session.startup import Authenticated, CancelRequested, ClientHandshake, Refused, StartTLS
+from ..session.startup import Authenticated, CancelRequested, CheckPassword, ClientHandshake, Refused, StartTLS
 from ..session.statement import SessionInfo
 from ..session.upstream import UpstreamError
 from ..session.verdict import Deny
@@ -209,6 +209,8 @@ class ClientConnection(asyncio.Protocol):
             elif isinstance(event, Refused):
                 self._log.warning("login refused: %s", event.reason, extra={"event": "auth_failed", "reason": event.reason, "client": self._peer_text()})
                 self.close(event.reason)
+            elif isinstance(event, CheckPassword):
+                self._spawn(self._check_password(event), "password-check")
             elif isinstance(event, Authenticated):
                 self._on_authenticated(event)
 
@@ -232,6 +234,19 @@ class ClientConnection(asyncio.Protocol):
         self.tls = describe_tls(new_transport.get_extra_info("ssl_object"))
         self.handshake.tls_established()  # type: ignore[union-attr]
 
+    async def _check_password(self, event: CheckPassword) -> None:
+        """Run the gateway's (asynchronous) password check off the handshake's back."""
+        checker = self.gateway.password_checker
+        try:
+            identity, reason = await checker(event) if checker is not None else (None, "password login is not enabled")
+        except Exception as exc:  # a checker bug fails closed
+            self._log.error("password check failed", exc_info=exc)
+            identity, reason = None, f"password check failed: {exc!r}"
+        if self.phase != "HANDSHAKE" or self.handshake is None:
+            return
+        self.handshake.password_checked(identity, reason)
+        self._handshake_output()
+
     def _on_authenticated(self, event: Authenticated) -> None:
         config = self.gateway.config
         user = config.user(event.user)
@@ -239,7 +254,17 @@ class ClientConnection(asyncio.Protocol):
         if target is None:
             self._fatal(SQLState.INVALID_CATALOG_NAME, f'pgwarden: target "{event.database}" does not exist', "unknown target")
             return
-        if user is not None and user.targets and event.database not in user.targets:
+        if event.identity is not None:
+            # A checked password (a token): the identity says which targets it may use; none means no access.
+            allowed = getattr(event.identity, "targets", None) or ()
+            if event.database not in allowed:
+                self._fatal(
+                    SQLState.INSUFFICIENT_PRIVILEGE,
+                    f'pgwarden: user "{event.user}" may not connect to target "{event.database}"',
+                    "target not granted to identity",
+                )
+                return
+        elif user is not None and user.targets and event.database not in user.targets:
             self._fatal(
                 SQLState.INSUFFICIENT_PRIVILEGE,
                 f'pgwarden: user "{event.user}" may not connect to target "{event.database}"',
@@ -285,6 +310,9 @@ class ClientConnection(asyncio.Protocol):
             server_params=dict(hs.server_params),
             txn_status=hs.txn_status,
         )
+        if event.identity is not None:
+            info.extra["identity"] = event.identity
+        info.extra["auth_method"] = event.method
         self.info = info
         pipeline = self.gateway.pipeline
         self.relay = Relay(

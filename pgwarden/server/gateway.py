@@ -19,20 +19,24 @@ import hmac
 import logging
 import secrets
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from ..config import Config
 from ..policy.pipeline import Pipeline, Stage
 from ..policy.stages import StatementLogStage
 from ..session.scram import ScramVerifier, parse_verifier
-from ..session.startup import StartupSettings
+from ..session.startup import CheckPassword, StartupSettings
 from .client import ClientConnection
 from .tls import client_facing_context
 from .upstream import send_cancel
 
-__all__ = ["Gateway", "default_stages", "run", "install_uvloop"]
+__all__ = ["Gateway", "PasswordChecker", "default_stages", "run", "install_uvloop"]
 
 log = logging.getLogger("pgwarden.gateway")
+
+#: async (CheckPassword) -> (identity or None, reason for the log)
+PasswordChecker = Callable[[CheckPassword], Awaitable[tuple[Any, str]]]
 
 
 def default_stages(config: Config) -> list[Stage]:
@@ -54,8 +58,14 @@ def install_uvloop() -> bool:
 
 
 class Gateway:
-    def __init__(self, config: Config, stages: Sequence[Stage] | None = None) -> None:
+    def __init__(
+        self, config: Config, stages: Sequence[Stage] | None = None, password_checker: PasswordChecker | None = None
+    ) -> None:
         self.config = config
+        # async (CheckPassword) -> (identity or None, reason): how a password that
+        # is not a static user's SCRAM secret is checked (the Identity milestone
+        # plugs OIDC token validation in here). None disables password login.
+        self.password_checker = password_checker
         self.pipeline = Pipeline(default_stages(config) if stages is None else stages)
         self.client_tls_context = None
         tls = config.listen.tls
@@ -67,6 +77,8 @@ class Gateway:
             allow_plaintext_loopback=config.listen.allow_plaintext_loopback,
             safe_parameters=config.safe_startup_parameters,
             lookup_verifier=verifiers.get,
+            password_login=password_checker is not None,
+            allow_cleartext_loopback=config.listen.allow_cleartext_password_loopback,
         )
         self.sessions: set[ClientConnection] = set()
         self._keys: dict[int, tuple[int, ClientConnection]] = {}

@@ -7,6 +7,9 @@ States (h11 style, one table of what each state accepts)::
     TLS          waiting for the driver to finish the TLS handshake
     SASL_INITIAL 'p' SASLInitialResponse -> AuthenticationSASLContinue
     SASL_FINAL   'p' SASLResponse -> AuthenticationSASLFinal, then Authenticated
+    PASSWORD     'p' PasswordMessage -> CheckPassword (a token, for users that are
+                 not static SCRAM users, when token login is enabled)
+    CHECKING     waiting for the driver's ``password_checked`` (async validation)
     DONE         the driver connects upstream and hands the stream to the relay
     FAILED       a FATAL ErrorResponse is in ``to_client``; the driver closes
 
@@ -40,6 +43,7 @@ from .scram import AuthFailed, ScramServerExchange, ScramVerifier
 __all__ = [
     "Authenticated",
     "CancelRequested",
+    "CheckPassword",
     "ClientHandshake",
     "Refused",
     "StartTLS",
@@ -65,6 +69,11 @@ class StartupSettings:
     allow_plaintext_loopback: bool
     safe_parameters: frozenset[str]
     lookup_verifier: Callable[[str], ScramVerifier | None]
+    # Ask users that are not static SCRAM users for a password (an access token)
+    # and hand it to the driver to check; only inside TLS, or on loopback when
+    # ``allow_cleartext_loopback`` is set.
+    password_login: bool = False
+    allow_cleartext_loopback: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +88,24 @@ class CancelRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckPassword:
+    """The driver must check ``password`` for ``user`` (asynchronously) and call
+    :meth:`ClientHandshake.password_checked` with the outcome."""
+
+    user: str
+    password: str
+    client_host: str | None
+    tls: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Authenticated:
     user: str
     database: str
     forward_params: dict[str, str] = field(default_factory=dict)
     startup_params: dict[str, str] = field(default_factory=dict)
+    method: str = "scram-sha-256"
+    identity: object | None = None  # what the password check returned, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +113,7 @@ class Refused:
     reason: str  # for the log; the client got a FATAL ErrorResponse
 
 
-Event = StartTLS | CancelRequested | Authenticated | Refused
+Event = StartTLS | CancelRequested | CheckPassword | Authenticated | Refused
 
 
 def is_loopback(host: str | None) -> bool:
@@ -127,8 +149,10 @@ class ClientHandshake:
             if self.state == "STARTUP":
                 self._startup.feed(data)
                 self._startup_packets()
-            elif self.state in ("SASL_INITIAL", "SASL_FINAL"):
+            elif self.state in ("SASL_INITIAL", "SASL_FINAL", "PASSWORD"):
                 self._auth_messages(data)
+            elif self.state == "CHECKING":
+                self._fatal(SQLState.PROTOCOL_VIOLATION, "unexpected data during authentication", "data while checking")
             elif self.state == "TLS":
                 self._fatal(SQLState.PROTOCOL_VIOLATION, "received unencrypted data during TLS setup", "data during TLS setup")
             elif self.state == "DONE":
@@ -239,10 +263,23 @@ class ClientHandshake:
         self._database = params.get("database") or user
         self._forward = forward
         self._params = params
-        self._scram = ScramServerExchange(user, self.settings.lookup_verifier(user))
+        verifier = self.settings.lookup_verifier(user)
         self._frames = FrameBuffer(MAX_PREAUTH_MESSAGE)
-        self.state = "SASL_INITIAL"
-        self.to_client.append(encode.auth_sasl([ScramServerExchange.mechanism]))
+        if verifier is None and self.settings.password_login:
+            if not self.tls and not (self.settings.allow_cleartext_loopback and is_loopback(self.client_host)):
+                self._fatal(
+                    SQLState.INVALID_AUTHORIZATION,
+                    "pgwarden accepts a token as password only over an encrypted connection",
+                    "password login without TLS refused",
+                    hint="Connect with sslmode=require (or verify-full).",
+                )
+                return
+            self.state = "PASSWORD"
+            self.to_client.append(encode.auth_cleartext())
+        else:
+            self._scram = ScramServerExchange(user, verifier)
+            self.state = "SASL_INITIAL"
+            self.to_client.append(encode.auth_sasl([ScramServerExchange.mechanism]))
         rest = self._startup.take_rest()
         if rest:
             self._auth_messages(rest)
@@ -250,13 +287,13 @@ class ClientHandshake:
     # -------------------------------------------------------------- SASL
 
     def _auth_messages(self, data: bytes) -> None:
-        assert self._frames is not None and self._scram is not None
+        assert self._frames is not None
         buf, frames = self._frames.feed(data)
         for t, start, end in frames:
-            if self.state == "DONE":
+            if self.state in ("DONE", "CHECKING"):
                 self.leftover += buf[start:end]
                 continue
-            if self.state not in ("SASL_INITIAL", "SASL_FINAL"):
+            if self.state not in ("SASL_INITIAL", "SASL_FINAL", "PASSWORD"):
                 return
             body = buf[start + 5 : end]
             if t == F.TERMINATE:
@@ -270,6 +307,10 @@ class ClientHandshake:
                     "unexpected message during authentication",
                 )
                 return
+            if self.state == "PASSWORD":
+                self._on_password(body)
+                continue
+            assert self._scram is not None
             try:
                 if self.state == "SASL_INITIAL":
                     mechanism, initial = decode_sasl_initial(body)
@@ -289,8 +330,38 @@ class ClientHandshake:
                     f"authentication failed for user {self._user!r}: {exc}",
                 )
                 return
-        if self.state == "DONE" and self._frames.buffered:
+        if self.state in ("DONE", "CHECKING") and self._frames.buffered:
             self.leftover += self._frames.take_tail()
+
+    def _on_password(self, body: bytes) -> None:
+        stop = body.find(b"\x00")
+        if stop != len(body) - 1:
+            self._fatal(SQLState.PROTOCOL_VIOLATION, "invalid password packet", "malformed PasswordMessage")
+            return
+        try:
+            password = body[:stop].decode("utf-8")
+        except UnicodeDecodeError:
+            self._fatal(SQLState.INVALID_PASSWORD, f'password authentication failed for user "{self._user}"',
+                        "password is not UTF-8")
+            return
+        self.state = "CHECKING"
+        self.events.append(CheckPassword(self._user, password, self.client_host, self.tls))
+
+    def password_checked(self, identity: object | None, reason: str = "") -> None:
+        """The driver's answer to CheckPassword: an identity, or None with the reason (for the log)."""
+        if self.state != "CHECKING":
+            return
+        if identity is None:
+            self._fatal(
+                SQLState.INVALID_PASSWORD,
+                f'password authentication failed for user "{self._user}"',
+                f"authentication failed for user {self._user!r}: {reason or 'rejected'}",
+            )
+            return
+        self.state = "DONE"
+        self.events.append(
+            Authenticated(self._user, self._database, self._forward, self._params, method="password", identity=identity)
+        )
 
     # -------------------------------------------------------------- errors
 

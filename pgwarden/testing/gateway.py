@@ -47,9 +47,12 @@ def gateway_config(pg: Any, *, users: list[dict] | None = None, tls: dict | None
 
 
 class RunningGateway:
-    def __init__(self, config: Config, stages: Sequence[Stage] | None = None, *, use_uvloop: bool = True) -> None:
+    def __init__(
+        self, config: Config, stages: Sequence[Stage] | None = None, *, use_uvloop: bool = True, password_checker=None
+    ) -> None:
         self.config = config
         self.stages = stages
+        self.password_checker = password_checker
         self.use_uvloop = use_uvloop
         self.loop: asyncio.AbstractEventLoop | None = None
         self.gateway: Gateway | None = None
@@ -97,7 +100,7 @@ class RunningGateway:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        self.gateway = Gateway(self.config, self.stages)
+        self.gateway = Gateway(self.config, self.stages, self.password_checker)
         await self.gateway.start()
         self._ready.set()
         await self._stop.wait()
