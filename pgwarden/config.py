@@ -27,6 +27,11 @@ __all__ = [
     "LoggingConfig",
     "TargetConfig",
     "UserConfig",
+    "IdentityConfig",
+    "IssuerConfig",
+    "DevIssuerConfig",
+    "RoleConfig",
+    "RoleBinding",
     "load_config",
     "parse_config",
     "SAFE_STARTUP_PARAMETERS",
@@ -177,11 +182,76 @@ class UserConfig(_Strict):
         return value
 
 
+class IssuerConfig(_Strict):
+    """An OIDC issuer whose access tokens clients may present as their password."""
+
+    issuer: str
+    audience: str | list[str]
+    jwks_uri: str | None = None
+    algorithms: list[str] | None = None
+    require_typ_at_jwt: bool = False
+    required_claims: list[str] = []
+    # Plain http:// is refused for discovery and keys except on loopback.
+    allow_insecure_http: bool = False
+
+
+class DevIssuerConfig(_Strict):
+    """pgwarden's own issuer for demos and local development (`pgwarden token mint`)."""
+
+    enabled: bool = False
+    key_file: Path = Path("dev-issuer.key")
+    issuer: str = "pgwarden-dev"
+    audience: str = "pgwarden"
+
+
+class IdentityConfig(_Strict):
+    issuers: list[IssuerConfig] = []
+    dev_issuer: DevIssuerConfig = DevIssuerConfig()
+    leeway: Annotated[float, Field(ge=0, le=300)] = 30.0
+    jwks_cache_ttl: Annotated[float, Field(gt=0)] = 300.0
+    jwks_min_refetch_interval: Annotated[float, Field(ge=0)] = 30.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuers) or self.dev_issuer.enabled
+
+
+class RoleConfig(_Strict):
+    """What an identity holding this role may do."""
+
+    targets: list[str]
+    # read: the upstream session starts with default_transaction_read_only=on
+    # (the Guardrails milestone refuses turning it off); write; admin.
+    access: Literal["read", "write", "admin"] = "read"
+
+
+class RoleBinding(_Strict):
+    """Grant ``role`` to identities whose token claims match every entry of ``match``.
+
+    A claim path may use dots (``realm_access.roles``). A string claim matches
+    when equal to the value; a list claim when it contains it; ``scope`` (a
+    space-separated string) when one of its scopes equals it.
+    """
+
+    role: str
+    match: dict[str, str]
+
+    @field_validator("match")
+    @classmethod
+    def _not_empty(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("a binding needs at least one claim to match (no access is the default)")
+        return value
+
+
 class Config(_Strict):
     listen: ListenConfig = ListenConfig()
     logging: LoggingConfig = LoggingConfig()
     targets: dict[str, TargetConfig]
     users: list[UserConfig] = []
+    identity: IdentityConfig = IdentityConfig()
+    roles: dict[str, RoleConfig] = {}
+    role_bindings: list[RoleBinding] = []
     # Extra startup parameters clients may pass through (lower-case names).
     forward_startup_parameters: list[str] = []
     data_dir: Path | None = None
@@ -198,6 +268,13 @@ class Config(_Strict):
             unknown = [t for t in user.targets if t not in self.targets]
             if unknown:
                 raise ValueError(f"users.{user.name}.targets: unknown target(s) {', '.join(unknown)}")
+        for name, role in self.roles.items():
+            unknown = [t for t in role.targets if t not in self.targets]
+            if unknown:
+                raise ValueError(f"roles.{name}.targets: unknown target(s) {', '.join(unknown)}")
+        for index, binding in enumerate(self.role_bindings):
+            if binding.role not in self.roles:
+                raise ValueError(f"role_bindings[{index}].role: unknown role {binding.role!r}")
         forbidden = {"options", "replication", "role", "session_authorization", "user", "database"}
         bad = [p for p in self.forward_startup_parameters if p.lower() in forbidden]
         if bad:
@@ -273,8 +350,18 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         for name, t in config.targets.items()
     }
     logging_cfg = config.logging.model_copy(update={"file": fix(config.logging.file)})
+    dev = config.identity.dev_issuer
+    dev_base = fix(config.data_dir) or base
+    dev = dev.model_copy(update={"key_file": dev.key_file if dev.key_file.is_absolute() else dev_base / dev.key_file})
+    identity = config.identity.model_copy(update={"dev_issuer": dev})
     return config.model_copy(
-        update={"listen": listen, "targets": targets, "logging": logging_cfg, "data_dir": fix(config.data_dir)}
+        update={
+            "listen": listen,
+            "targets": targets,
+            "logging": logging_cfg,
+            "data_dir": fix(config.data_dir),
+            "identity": identity,
+        }
     )
 
 

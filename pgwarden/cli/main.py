@@ -32,6 +32,8 @@ user_app = typer.Typer(help="Static (break-glass) gateway users.", no_args_is_he
 app.add_typer(config_app, name="config")
 app.add_typer(tls_app, name="tls")
 app.add_typer(user_app, name="user")
+token_app = typer.Typer(help="Access tokens from pgwarden's dev issuer (demos, local development).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -134,6 +136,43 @@ def user_verifier(
     if not password:
         fail("the password is empty")
     out.print(make_verifier(password, iterations), soft_wrap=True)
+
+
+def parse_duration(text: str) -> int:
+    """'900', '90s', '15m', '8h', '1d' -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise typer.BadParameter(f"not a duration: {text!r} (use e.g. 900, 15m, 8h)") from None
+
+
+@token_app.command("mint")
+def token_mint(
+    sub: Annotated[str, typer.Option("--sub", help="The token's subject (who it identifies).")],
+    groups: Annotated[str, typer.Option("--groups", help="Comma-separated groups claim.")] = "",
+    ttl: Annotated[str, typer.Option("--ttl", help="Lifetime: seconds or 15m / 8h / 1d.")] = "15m",
+    config: ConfigOption = None,
+) -> None:
+    """Print an access token signed by the dev issuer (when the config enables it)."""
+    from ..identity.login import dev_issuer_for
+
+    cfg = require_config(config)
+    issuer = dev_issuer_for(cfg)
+    if issuer is None:
+        fail("the dev issuer is not enabled in this config (identity.dev_issuer.enabled: true)")
+    seconds = parse_duration(ttl)
+    if seconds <= 0 or seconds > 86400:
+        fail("--ttl must be between 1 second and 1 day")
+    group_list = tuple(g.strip() for g in groups.split(",") if g.strip())
+    try:
+        token = issuer.mint(sub, groups=group_list, ttl=seconds)  # type: ignore[union-attr]
+    except (OSError, ValueError) as exc:
+        fail(f"cannot mint a token: {exc}", 1)
+    print(token)
 
 
 from . import demo as _demo  # noqa: E402  (registers the demo command)

@@ -196,10 +196,18 @@ class ClientConnection(asyncio.Protocol):
     def _handshake_output(self) -> None:
         hs = self.handshake
         assert hs is not None
+        events, hs.events = hs.events, []
+        for event in events:
+            if isinstance(event, Refused):
+                # Log the reason before the client can read the answer.
+                self._log.warning(
+                    "login refused: %s",
+                    event.reason,
+                    extra={"event": "auth_failed", "reason": event.reason, "client": self._peer_text()},
+                )
         if hs.to_client:
             self.transport.write(b"".join(hs.to_client))  # type: ignore[union-attr]
             hs.to_client.clear()
-        events, hs.events = hs.events, []
         for event in events:
             if isinstance(event, StartTLS):
                 self._spawn(self._start_tls(), "client-tls")
@@ -207,7 +215,6 @@ class ClientConnection(asyncio.Protocol):
                 self.gateway.cancel(event.pid, event.secret, self.peer)
                 self.close("cancel request handled")
             elif isinstance(event, Refused):
-                self._log.warning("login refused: %s", event.reason, extra={"event": "auth_failed", "reason": event.reason, "client": self._peer_text()})
                 self.close(event.reason)
             elif isinstance(event, CheckPassword):
                 self._spawn(self._check_password(event), "password-check")
@@ -277,8 +284,13 @@ class ClientConnection(asyncio.Protocol):
 
     async def _connect_upstream(self, event: Authenticated) -> None:
         target = self.gateway.config.targets[event.database]
+        params = dict(event.forward_params)
+        access = getattr(event.identity, "access", {}).get(event.database) if event.identity is not None else None
+        if access == "read":
+            # Enforced at the database too: the upstream session starts read-only.
+            params["default_transaction_read_only"] = "on"
         try:
-            upstream, hs = await open_upstream(target, event.forward_params, self)
+            upstream, hs = await open_upstream(target, params, self)
         except UpstreamError as exc:
             self._log.warning("upstream login failed for target %s: %s", event.database, exc, extra={"event": "upstream_failed"})
             self.close(
@@ -313,6 +325,8 @@ class ClientConnection(asyncio.Protocol):
         if event.identity is not None:
             info.extra["identity"] = event.identity
         info.extra["auth_method"] = event.method
+        if access is not None:
+            info.extra["access"] = access
         self.info = info
         pipeline = self.gateway.pipeline
         self.relay = Relay(

@@ -65,6 +65,10 @@ class Gateway:
         # async (CheckPassword) -> (identity or None, reason): how a password that
         # is not a static user's SCRAM secret is checked (the Identity milestone
         # plugs OIDC token validation in here). None disables password login.
+        if password_checker is None:
+            from ..identity.login import build_token_login
+
+            password_checker = build_token_login(config)
         self.password_checker = password_checker
         self.pipeline = Pipeline(default_stages(config) if stages is None else stages)
         self.client_tls_context = None

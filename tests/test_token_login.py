@@ -1,0 +1,152 @@
+"""Token login end to end: dev-issuer tokens as the Postgres password, roles from claims.
+
+(The external-issuer cases, JWKS and every bad token shape are covered against
+a local HTTP issuer in test_identity_tokens.py; the real oidc-provider end-to-end
+test comes with the rest of the Identity milestone.)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import asyncpg
+import asyncio
+import psycopg
+import pytest
+import yaml
+from psycopg import errors
+
+from pgwarden.config import parse_config
+from pgwarden.identity.login import claim_matches, dev_issuer_for
+from pgwarden.testing.gateway import RunningGateway
+
+
+def _config_dict(pg, tls_files, key_file) -> dict:
+    return {
+        "listen": {"host": "127.0.0.1", "port": 0,
+                   "tls": {"mode": "prefer", "cert": str(tls_files["cert"]), "key": str(tls_files["key"])}},
+        "targets": {
+            "app": {"host": pg.host, "port": pg.port, "database": "appdb", "user": "app",
+                    "password": pg.passwords["app"]},
+        },
+        "identity": {"dev_issuer": {"enabled": True, "key_file": str(key_file)}},
+        "roles": {
+            "agent": {"targets": ["app"], "access": "read"},
+            "developer": {"targets": ["app"], "access": "write"},
+        },
+        "role_bindings": [
+            {"role": "agent", "match": {"groups": "agents"}},
+            {"role": "developer", "match": {"groups": "developers"}},
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def token_env(pg, tls_files, tmp_path_factory):
+    key_file = tmp_path_factory.mktemp("devissuer") / "dev-issuer.key"
+    data = _config_dict(pg, tls_files, key_file)
+    config = parse_config(data)
+    pg.psql("create table if not exists token_probe(x int); grant all on token_probe to app", database="appdb")
+    with RunningGateway(config, []) as gw:
+        yield gw, dev_issuer_for(config), data
+
+
+def _dsn(gw, user, token, **extra):
+    return gw.dsn(user, token, sslmode="require", **extra)
+
+
+def test_read_role_token_reads_but_cannot_write(token_env):
+    gw, issuer, _ = token_env
+    token = issuer.mint("mcp-agent", groups=("agents",), ttl=300)
+    with psycopg.connect(_dsn(gw, "mcp-agent", token), autocommit=True) as conn:
+        assert conn.execute("select count(*) >= 0 from token_probe").fetchone() == (True,)
+        assert conn.info.parameter_status("session_authorization") == "mcp-agent"
+        with pytest.raises(errors.ReadOnlySqlTransaction):
+            conn.execute("insert into token_probe values (1)")
+
+
+def test_write_role_token_can_write(token_env):
+    gw, issuer, _ = token_env
+    token = issuer.mint("dev-1", groups=("developers",), ttl=300)
+    with psycopg.connect(_dsn(gw, "dev-1", token), autocommit=True) as conn:
+        conn.execute("insert into token_probe values (2)")
+
+
+def test_asyncpg_with_a_token(token_env):
+    gw, issuer, _ = token_env
+    token = issuer.mint("dev-2", groups=("developers", "agents"), ttl=300)
+
+    async def main():
+        conn = await asyncpg.connect(host=gw.host, port=gw.port, user="dev-2", password=token,
+                                     database="app", ssl="require")
+        try:
+            assert await conn.fetchval("select 40 + 2") == 42
+            # developers wins over agents: the higher access level is granted
+            assert await conn.fetchval("show default_transaction_read_only") == "off"
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
+def test_token_without_a_matching_role_gets_no_access(token_env):
+    gw, issuer, _ = token_env
+    token = issuer.mint("stranger", groups=("visitors",), ttl=300)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(_dsn(gw, "stranger", token))
+
+
+def test_expired_and_tampered_tokens_are_refused(token_env, caplog):
+    gw, issuer, _ = token_env
+    import time
+
+    expired = issuer.mint("mcp-agent", groups=("agents",), ttl=60, now=time.time() - 3600)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(_dsn(gw, "mcp-agent", expired))
+    good = issuer.mint("mcp-agent", groups=("agents",), ttl=300)
+    import base64
+    import json
+
+    head, payload, sig = good.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["groups"] = ["developers"]  # escalate, keep the original signature
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    tampered = ".".join([head, forged, sig])
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(_dsn(gw, "mcp-agent", tampered))
+    reasons = " ".join(r.getMessage() for r in caplog.records)
+    assert "expired" in reasons and "bad_signature" in reasons
+
+
+def test_cli_token_mint_with_the_config(token_env, tmp_path):
+    gw, _, data = token_env
+    path = tmp_path / "pgwarden.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = subprocess.run(
+        [sys.executable, "-m", "pgwarden", "token", "mint", "--sub", "cli-agent", "--groups", "agents",
+         "--ttl", "5m", "--config", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    with psycopg.connect(_dsn(gw, "cli-agent", token)) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_cli_token_mint_refuses_without_dev_issuer(tmp_path, pg):
+    path = tmp_path / "nodev.yaml"
+    path.write_text(yaml.safe_dump({"targets": {"app": {"database": "appdb", "user": "app"}}}))
+    result = subprocess.run([sys.executable, "-m", "pgwarden", "token", "mint", "--sub", "x", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "dev issuer is not enabled" in result.stderr
+
+
+def test_claim_matching_rules():
+    claims = {"sub": "a", "groups": ["g1", "g2"], "scope": "db:read db:write", "realm_access": {"roles": ["dba"]}}
+    assert claim_matches(claims, "groups", "g2")
+    assert claim_matches(claims, "scope", "db:write") and not claim_matches(claims, "scope", "db")
+    assert claim_matches(claims, "realm_access.roles", "dba")
+    assert claim_matches(claims, "sub", "a") and not claim_matches(claims, "sub", "b")
+    assert not claim_matches(claims, "missing.path", "x")
