@@ -208,11 +208,17 @@ class IdentityConfig(_Strict):
     issuers: list[IssuerConfig] = []
     dev_issuer: DevIssuerConfig = DevIssuerConfig()
     leeway: Annotated[float, Field(ge=0, le=300)] = 30.0
+    # Seconds a session may outlive its token's exp before it is ended.
+    expiry_grace: Annotated[float, Field(ge=0)] = 0.0
     jwks_cache_ttl: Annotated[float, Field(gt=0)] = 300.0
     jwks_min_refetch_interval: Annotated[float, Field(ge=0)] = 30.0
+    # pgwarden-issued API keys (`pgwarden keys create`); relative to data_dir.
+    # Key login is on whenever `roles` are configured.
+    api_keys_file: Path = Path("api-keys.sqlite")
 
     @property
     def enabled(self) -> bool:
+        """Whether access tokens are accepted (some issuer is trusted)."""
         return bool(self.issuers) or self.dev_issuer.enabled
 
 
@@ -223,6 +229,8 @@ class RoleConfig(_Strict):
     # read: the upstream session starts with default_transaction_read_only=on
     # (the Guardrails milestone refuses turning it off); write; admin.
     access: Literal["read", "write", "admin"] = "read"
+    # Longest a session with this role may last, in seconds (None: until the token expires).
+    max_session: Annotated[float, Field(gt=0)] | None = None
 
 
 class RoleBinding(_Strict):
@@ -353,7 +361,9 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     dev = config.identity.dev_issuer
     dev_base = fix(config.data_dir) or base
     dev = dev.model_copy(update={"key_file": dev.key_file if dev.key_file.is_absolute() else dev_base / dev.key_file})
-    identity = config.identity.model_copy(update={"dev_issuer": dev})
+    keys_file = config.identity.api_keys_file
+    keys_file = keys_file if keys_file.is_absolute() else dev_base / keys_file
+    identity = config.identity.model_copy(update={"dev_issuer": dev, "api_keys_file": keys_file})
     return config.model_copy(
         update={
             "listen": listen,

@@ -150,3 +150,30 @@ def test_claim_matching_rules():
     assert claim_matches(claims, "realm_access.roles", "dba")
     assert claim_matches(claims, "sub", "a") and not claim_matches(claims, "sub", "b")
     assert not claim_matches(claims, "missing.path", "x")
+
+
+def test_session_ends_when_the_token_expires(token_env):
+    import time
+
+    gw, issuer, _ = token_env
+    token = issuer.mint("short-lived", groups=("agents",), ttl=2)
+    with psycopg.connect(_dsn(gw, "short-lived", token), autocommit=True) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+        time.sleep(3)
+        with pytest.raises(psycopg.OperationalError, match="access token expired"):
+            conn.execute("select 1")
+
+
+def test_role_max_session_ends_the_session(pg, tls_files, tmp_path):
+    import time
+
+    data = _config_dict(pg, tls_files, tmp_path / "dev.key")
+    data["roles"]["agent"]["max_session"] = 1
+    config = parse_config(data)
+    with RunningGateway(config, []) as gw:
+        token = dev_issuer_for(config).mint("capped", groups=("agents",), ttl=600)
+        with psycopg.connect(_dsn(gw, "capped", token), autocommit=True) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+            time.sleep(2)
+            with pytest.raises(psycopg.OperationalError, match="maximum session length"):
+                conn.execute("select 1")

@@ -21,6 +21,9 @@ import yaml
 
 DEMO_USER = "demo"
 DEMO_TARGET = "shop"
+# (role, group claim that grants it, example subject)
+DEMO_GROUPS = [("agent", "agents"), ("analyst", "analysts"), ("developer", "developers"), ("dba", "dbas")]
+DEMO_SUBJECTS = {"agent": "mcp-agent", "analyst": "ana", "developer": "dev", "dba": "dba"}
 
 
 def _default_data_dir() -> Path:
@@ -91,6 +94,15 @@ def write_demo_config(data_dir: Path, target: dict, port: int, password: str) ->
             }
         },
         "users": [{"name": DEMO_USER, "scram_verifier": verifier, "targets": [DEMO_TARGET]}],
+        # Identities: tokens from the built-in dev issuer (`pgwarden token mint`).
+        "identity": {"dev_issuer": {"enabled": True, "key_file": "dev-issuer.key"}},
+        "roles": {
+            "agent": {"targets": [DEMO_TARGET], "access": "read", "max_session": 8 * 3600},
+            "analyst": {"targets": [DEMO_TARGET], "access": "read"},
+            "developer": {"targets": [DEMO_TARGET], "access": "write"},
+            "dba": {"targets": [DEMO_TARGET], "access": "admin"},
+        },
+        "role_bindings": [{"role": role, "match": {"groups": group}} for role, group in DEMO_GROUPS],
         "data_dir": str(data_dir),
     }
     path = data_dir / "pgwarden.yaml"
@@ -142,10 +154,19 @@ def register(app: typer.Typer) -> None:
                 out.print(f"Config: {config_path}")
                 out.print("Connect with psql (or any client) using this URI:\n")
                 print(uri, flush=True)
+                out.print("\nTry:  SELECT full_name, email, ssn FROM customers LIMIT 5;")
                 out.print(
-                    "\nTry:  SELECT full_name, email, ssn FROM customers LIMIT 5;"
-                    "\nPress Ctrl-C to stop.\n"
+                    "\nIdentities: log in with an access token as the password. Mint one per role"
+                    " (agent and analyst are read-only, developer writes, dba is admin):"
                 )
+                for role, group in DEMO_GROUPS:
+                    sub = DEMO_SUBJECTS[role]
+                    out.print(
+                        f"  {role:<9} PGPASSWORD=$(pgwarden token mint --config {config_path} --sub {sub} --groups {group})"
+                        f" psql 'host=127.0.0.1 port={port} dbname={DEMO_TARGET} user={sub} sslmode=require'",
+                        soft_wrap=True,
+                    )
+                out.print("\nPress Ctrl-C to stop.\n")
 
             install_uvloop()
             try:

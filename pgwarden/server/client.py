@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from typing import TYPE_CHECKING
 
 from ..logs import SessionLogger
@@ -61,6 +62,7 @@ class ClientConnection(asyncio.Protocol):
         self._pending_client = b""
         self._pauses: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
         self._hold_cancel = None
         self._log = SessionLogger(log, {"session": self.id})
@@ -101,6 +103,8 @@ class ClientConnection(asyncio.Protocol):
         self.close_reason = self.close_reason or reason
         if self._timer is not None:
             self._timer.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self._hold_cancel is not None:
             try:
                 self._hold_cancel()
@@ -358,6 +362,7 @@ class ClientConnection(asyncio.Protocol):
         self._client_write = self.transport.write  # type: ignore[union-attr]
         self._upstream_write = upstream.write
         upstream.relaying = True
+        self._arm_expiry(event)
         leftover = (self.handshake.leftover if self.handshake else b"") + self._pending_client
         self._pending_client = b""
         self.handshake = None
@@ -365,6 +370,37 @@ class ClientConnection(asyncio.Protocol):
             self.server_data(hs.leftover)
         if leftover:
             self.data_received(leftover)
+
+    def _arm_expiry(self, event: Authenticated) -> None:
+        """End the session when its token expires or its role's max_session is reached."""
+        identity = event.identity
+        if identity is None:
+            return
+        config = self.gateway.config
+        now = time.time()
+        deadlines: list[tuple[float, str]] = []
+        expires_at = getattr(identity, "expires_at", None)
+        if expires_at is not None:
+            deadlines.append((expires_at + config.identity.expiry_grace, "the access token expired"))
+        limits = [
+            config.roles[r].max_session
+            for r in getattr(identity, "roles", ())
+            if r in config.roles and event.database in config.roles[r].targets and config.roles[r].max_session
+        ]
+        if limits:
+            deadlines.append((now + min(limits), "the role's maximum session length was reached"))  # type: ignore[type-var]
+        if not deadlines:
+            return
+        deadline, why = min(deadlines)
+        self._expiry = asyncio.get_running_loop().call_later(max(0.0, deadline - now), self._expire, why)
+
+    def _expire(self, why: str) -> None:
+        self._expiry = None
+        self._fatal(
+            SQLState.INVALID_AUTHORIZATION,
+            f"pgwarden: session ended because {why}; reconnect with a fresh token",
+            f"session expired: {why}",
+        )
 
     def _rewrite_parameter(self, name: str, value: str) -> str | None:
         # Clients see who *they* are, not the upstream login role.
