@@ -179,6 +179,10 @@ from . import demo as _demo  # noqa: E402  (registers the demo command)
 
 _demo.register(app)
 
+from .keys import keys_app as _keys_app  # noqa: E402
+
+app.add_typer(_keys_app, name="keys")
+
 
 def main() -> None:
     app()

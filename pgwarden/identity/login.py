@@ -9,16 +9,18 @@ hears that authentication failed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Config, RoleBinding
+from .apikeys import API_KEY_PREFIX, ApiKeyRejected, ApiKeyStore
 from .dev_issuer import DevIssuer
 from .jwks import JwksCache
 from .tokens import DEFAULT_ALGORITHMS, Identity, IssuerSettings, TokenRejected, TokenValidator
 
-__all__ = ["TokenIdentity", "TokenLogin", "build_token_login", "claim_matches", "roles_for"]
+__all__ = ["TokenIdentity", "TokenLogin", "build_token_login", "claim_matches", "grants_for", "roles_for"]
 
 log = logging.getLogger("pgwarden.identity")
 
@@ -71,23 +73,41 @@ def roles_for(claims: dict[str, Any], bindings: list[RoleBinding]) -> tuple[str,
     return tuple(roles)
 
 
+def grants_for(config: Config, roles: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The configured roles among ``roles`` and the access they grant per target (highest wins)."""
+    roles = tuple(r for r in roles if r in config.roles)
+    access: dict[str, str] = {}
+    for role in roles:
+        grant = config.roles[role]
+        for target in grant.targets:
+            if target not in access or _ACCESS_RANK[grant.access] > _ACCESS_RANK[access[target]]:
+                access[target] = grant.access
+    return roles, access
+
+
+API_KEY_ISSUER = "pgwarden-api-key"
+
+
 class TokenLogin:
-    def __init__(self, config: Config, validator: TokenValidator) -> None:
+    """Checks a password as a pgwarden API key (``pgw_…``) or else as an access token."""
+
+    def __init__(
+        self, config: Config, validator: TokenValidator | None, api_keys: ApiKeyStore | None = None
+    ) -> None:
         self.config = config
         self.validator = validator
+        self.api_keys = api_keys
 
     async def __call__(self, event: Any) -> tuple[TokenIdentity | None, str]:
+        if event.password.startswith(API_KEY_PREFIX):
+            return await self._api_key(event.password)
+        if self.validator is None:
+            return None, "token login is not enabled (no issuer configured)"
         try:
             identity: Identity = await self.validator.validate(event.password)
         except TokenRejected as exc:
             return None, f"token rejected ({exc.reason}): {exc.detail}"
-        roles = roles_for(identity.claims, self.config.role_bindings)
-        access: dict[str, str] = {}
-        for role in roles:
-            grant = self.config.roles[role]
-            for target in grant.targets:
-                if target not in access or _ACCESS_RANK[grant.access] > _ACCESS_RANK[access[target]]:
-                    access[target] = grant.access
+        roles, access = grants_for(self.config, roles_for(identity.claims, self.config.role_bindings))
         if not roles:
             return None, f"token for {identity.subject!r} from {identity.issuer!r} matches no role binding"
         return (
@@ -103,6 +123,28 @@ class TokenLogin:
             "",
         )
 
+    async def _api_key(self, key: str) -> tuple[TokenIdentity | None, str]:
+        if self.api_keys is None:
+            return None, "api key login is not enabled (no roles configured)"
+        try:
+            info = await asyncio.to_thread(self.api_keys.check, key)
+        except ApiKeyRejected as exc:
+            return None, f"api key rejected ({exc.reason}): {exc.detail}"
+        roles, access = grants_for(self.config, info.roles)
+        if not roles:
+            return None, f"api key {info.name!r} grants no configured role ({', '.join(info.roles)})"
+        return (
+            TokenIdentity(
+                subject=f"key:{info.name}",
+                issuer=API_KEY_ISSUER,
+                roles=roles,
+                access=access,
+                expires_at=info.expires_at,
+                token_id=info.key_id,
+            ),
+            "",
+        )
+
 
 def dev_issuer_for(config: Config) -> DevIssuer | None:
     dev = config.identity.dev_issuer
@@ -112,10 +154,12 @@ def dev_issuer_for(config: Config) -> DevIssuer | None:
 
 
 def build_token_login(config: Config) -> TokenLogin | None:
-    """The password checker for ``config``, or None when no issuer is configured."""
+    """The password checker for ``config``: access tokens when an issuer is trusted,
+    API keys when roles are configured; None when neither."""
     ident = config.identity
+    api_keys = ApiKeyStore(ident.api_keys_file) if config.roles else None
     if not ident.enabled:
-        return None
+        return TokenLogin(config, None, api_keys) if api_keys is not None else None
     issuers = [
         IssuerSettings(
             issuer=i.issuer,
@@ -132,4 +176,4 @@ def build_token_login(config: Config) -> TokenLogin | None:
     jwks = JwksCache(
         ttl=ident.jwks_cache_ttl, min_refetch_interval=ident.jwks_min_refetch_interval, allow_insecure_http=insecure
     )
-    return TokenLogin(config, TokenValidator(issuers, jwks, dev_issuer_for(config)))
+    return TokenLogin(config, TokenValidator(issuers, jwks, dev_issuer_for(config)), api_keys)
