@@ -215,6 +215,9 @@ class IdentityConfig(_Strict):
     # pgwarden-issued API keys (`pgwarden keys create`); relative to data_dir.
     # Key login is on whenever `roles` are configured.
     api_keys_file: Path = Path("api-keys.sqlite")
+    # Revocations, live sessions and kill requests (`pgwarden revoke`,
+    # `pgwarden sessions`); relative to data_dir.
+    control_file: Path = Path("control.sqlite")
 
     @property
     def enabled(self) -> bool:
@@ -363,7 +366,11 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     dev = dev.model_copy(update={"key_file": dev.key_file if dev.key_file.is_absolute() else dev_base / dev.key_file})
     keys_file = config.identity.api_keys_file
     keys_file = keys_file if keys_file.is_absolute() else dev_base / keys_file
-    identity = config.identity.model_copy(update={"dev_issuer": dev, "api_keys_file": keys_file})
+    control_file = config.identity.control_file
+    control_file = control_file if control_file.is_absolute() else dev_base / control_file
+    identity = config.identity.model_copy(
+        update={"dev_issuer": dev, "api_keys_file": keys_file, "control_file": control_file}
+    )
     return config.model_copy(
         update={
             "listen": listen,

@@ -183,6 +183,11 @@ from .keys import keys_app as _keys_app  # noqa: E402
 
 app.add_typer(_keys_app, name="keys")
 
+from .control import revoke as _revoke, sessions_app as _sessions_app  # noqa: E402
+
+app.command("revoke")(_revoke)
+app.add_typer(_sessions_app, name="sessions")
+
 
 def main() -> None:
     app()

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..config import Config, RoleBinding
 from .apikeys import API_KEY_PREFIX, ApiKeyRejected, ApiKeyStore
+from .control import ControlStore, control_store_for
 from .dev_issuer import DevIssuer
 from .jwks import JwksCache
 from .tokens import DEFAULT_ALGORITHMS, Identity, IssuerSettings, TokenRejected, TokenValidator
@@ -92,13 +93,26 @@ class TokenLogin:
     """Checks a password as a pgwarden API key (``pgw_…``) or else as an access token."""
 
     def __init__(
-        self, config: Config, validator: TokenValidator | None, api_keys: ApiKeyStore | None = None
+        self,
+        config: Config,
+        validator: TokenValidator | None,
+        api_keys: ApiKeyStore | None = None,
+        control: ControlStore | None = None,
     ) -> None:
         self.config = config
         self.validator = validator
         self.api_keys = api_keys
+        self.control = control
 
     async def __call__(self, event: Any) -> tuple[TokenIdentity | None, str]:
+        identity, reason = await self._check(event)
+        if identity is not None and self.control is not None:
+            # Off the loop: a SQLite read. A broken store fails the login closed.
+            if await asyncio.to_thread(self.control.is_revoked, identity.subject):
+                return None, f"access for {identity.subject!r} was revoked"
+        return identity, reason
+
+    async def _check(self, event: Any) -> tuple[TokenIdentity | None, str]:
         if event.password.startswith(API_KEY_PREFIX):
             return await self._api_key(event.password)
         if self.validator is None:
@@ -158,8 +172,9 @@ def build_token_login(config: Config) -> TokenLogin | None:
     API keys when roles are configured; None when neither."""
     ident = config.identity
     api_keys = ApiKeyStore(ident.api_keys_file) if config.roles else None
+    control = control_store_for(config)
     if not ident.enabled:
-        return TokenLogin(config, None, api_keys) if api_keys is not None else None
+        return TokenLogin(config, None, api_keys, control) if api_keys is not None else None
     issuers = [
         IssuerSettings(
             issuer=i.issuer,
@@ -176,4 +191,4 @@ def build_token_login(config: Config) -> TokenLogin | None:
     jwks = JwksCache(
         ttl=ident.jwks_cache_ttl, min_refetch_interval=ident.jwks_min_refetch_interval, allow_insecure_http=insecure
     )
-    return TokenLogin(config, TokenValidator(issuers, jwks, dev_issuer_for(config)), api_keys)
+    return TokenLogin(config, TokenValidator(issuers, jwks, dev_issuer_for(config)), api_keys, control)

@@ -121,6 +121,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
         self.gateway.unregister(self)
         if previous in ("RELAY",) and self.info is not None:
+            self.gateway.session_ended(self)
             self.gateway.pipeline.session_ended(self.info, self.close_reason)
             self._log.info(
                 "session ended: %s",
@@ -350,6 +351,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport.write(b"".join(out))  # type: ignore[union-attr]
         self.phase = "RELAY"
         pipeline.session_started(info)
+        self.gateway.session_started(self)
         self._log.info(
             "session started: user %s, target %s, from %s%s",
             info.user,
