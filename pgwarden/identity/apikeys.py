@@ -15,17 +15,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import sqlite3
 import string
-import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass
-from pathlib import Path
+
+from .sqlitefile import SqliteFile
 
 __all__ = ["API_KEY_PREFIX", "ApiKeyInfo", "ApiKeyRejected", "ApiKeyStore"]
 
@@ -76,36 +74,10 @@ def _hash(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("ascii")).digest()
 
 
-class ApiKeyStore:
+class ApiKeyStore(SqliteFile):
     """API keys in the SQLite file at ``path`` (created, with its directory, on first write)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time) -> None:
-        self.path = Path(path)
-        self.clock = clock
-        self._ready = False
-        self._lock = threading.Lock()
-
-    # ------------------------------------------------------------ storage
-
-    def _connect(self, create: bool) -> sqlite3.Connection:
-        if not self.path.exists():
-            if not create:
-                raise FileNotFoundError(self.path)
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            # Create the file ourselves so it is 0600 from the start; SQLite gives
-            # the -wal and -shm files the same mode as the database file.
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
-        try:
-            with self._lock:
-                if not self._ready:
-                    conn.execute("PRAGMA journal_mode=WAL")
-                    conn.execute(_SCHEMA)
-                    self._ready = True
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+    schema = (_SCHEMA,)
 
     @staticmethod
     def _info(row: tuple) -> ApiKeyInfo:

@@ -20,13 +20,11 @@ not exist yet returns "nothing" and never creates it.
 from __future__ import annotations
 
 import os
-import sqlite3
-import threading
-import time
-from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from .sqlitefile import SqliteFile
 from typing import Any
 
 __all__ = ["ControlStore", "LiveSession", "control_store_for"]
@@ -85,35 +83,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class ControlStore:
+class ControlStore(SqliteFile):
     """Revocations, live sessions and kill requests in the SQLite file at ``path``."""
 
-    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time) -> None:
-        self.path = Path(path)
-        self.clock = clock
-        self._ready = False
-        self._lock = threading.Lock()
-
-    # ------------------------------------------------------------ storage
-
-    def _connect(self, create: bool) -> sqlite3.Connection:
-        if not self.path.exists():
-            if not create:
-                raise FileNotFoundError(self.path)
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
-        try:
-            with self._lock:
-                if not self._ready:
-                    conn.execute("PRAGMA journal_mode=WAL")
-                    for statement in _SCHEMA:
-                        conn.execute(statement)
-                    self._ready = True
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+    schema = tuple(_SCHEMA)
 
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
         if not self.path.exists():
