@@ -97,6 +97,16 @@ class ListenTLSConfig(_Strict):
         return self
 
 
+class LoginThrottleConfig(_Strict):
+    """Slow down repeated failed logins from one client address."""
+
+    # Failures from one address within `window` seconds before answers are delayed.
+    after: Annotated[int, Field(ge=1)] = 3
+    window: Annotated[float, Field(gt=0)] = 60.0
+    # The delay doubles with each further failure, from 0.25 s up to this.
+    max_delay: Annotated[float, Field(ge=0)] = 5.0
+
+
 class ListenConfig(_Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 6432
@@ -112,6 +122,7 @@ class ListenConfig(_Strict):
     shutdown_grace: Annotated[float, Field(ge=0)] = 30.0
     # Largest message a client may send after authentication (bytes).
     max_message_size: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+    login_throttle: LoginThrottleConfig = LoginThrottleConfig()
 
 
 class LoggingConfig(_Strict):

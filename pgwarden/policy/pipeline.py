@@ -3,7 +3,8 @@
 A stage is any object with a ``name`` and a ``check(statement) -> Verdict | None``
 method (``None`` means allow); it may also have ``completed(statement)``, called
 once the upstream's reply to the statement is complete (or it was refused or
-skipped), and ``session_started(info)`` / ``session_ended(info, reason)``.
+skipped), ``session_started(info)`` / ``session_ended(info, reason)``, and
+``authenticated(event)`` for every login outcome (an :class:`AuthEvent`).
 
 Evaluation stops at the first Deny or Hold. A Rewrite changes the statement text
 and evaluation continues with the next stage, which sees the new text; the final
@@ -20,7 +21,7 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from ..session.statement import SessionInfo, Statement
+from ..session.statement import AuthEvent, SessionInfo, Statement
 from ..session.verdict import ALLOW, Allow, Deny, Hold, Rewrite, Verdict
 from ..wire.constants import SQLState
 
@@ -43,6 +44,7 @@ class Pipeline:
         self._completers = tuple(s.completed for s in self.stages if callable(getattr(s, "completed", None)))
         self._starters = tuple(s.session_started for s in self.stages if callable(getattr(s, "session_started", None)))
         self._enders = tuple(s.session_ended for s in self.stages if callable(getattr(s, "session_ended", None)))
+        self._auth_hooks = tuple(s.authenticated for s in self.stages if callable(getattr(s, "authenticated", None)))
 
     def evaluate(self, statement: Statement, first_stage: int = 0) -> Verdict:
         checkers = self._checkers
@@ -84,6 +86,13 @@ class Pipeline:
                 hook(info)
             except Exception:
                 log.exception("session_started hook failed", extra={"session": info.id})
+
+    def authenticated(self, event: AuthEvent) -> None:
+        for hook in self._auth_hooks:
+            try:
+                hook(event)
+            except Exception:
+                log.exception("authenticated hook failed", extra={"session": event.session_id})
 
     def session_ended(self, info: SessionInfo, reason: str) -> None:
         for hook in self._enders:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from ..logs import SessionLogger
 from ..session.relay import CloseRequested, HoldRequested, Relay, StageFailed
 from ..session.startup import Authenticated, CancelRequested, CheckPassword, ClientHandshake, Refused, StartTLS
-from ..session.statement import SessionInfo
+from ..session.statement import AuthEvent, SessionInfo
 from ..session.upstream import UpstreamError
 from ..session.verdict import Deny
 from ..wire import encode
@@ -202,14 +202,26 @@ class ClientConnection(asyncio.Protocol):
         hs = self.handshake
         assert hs is not None
         events, hs.events = hs.events, []
+        delay = 0.0
         for event in events:
             if isinstance(event, Refused):
-                # Log the reason before the client can read the answer.
+                # Log the reason (and tell the stages) before the client can read the answer.
                 self._log.warning(
                     "login refused: %s",
                     event.reason,
                     extra={"event": "auth_failed", "reason": event.reason, "client": self._peer_text()},
                 )
+                self._auth_event("refused", hs.user, reason=event.reason)
+                if event.credential_rejected:
+                    delay = self.gateway.throttle.failed(self.peer)
+        if delay > 0:
+            # Repeated failures from this address: hold the answer back.
+            answer = b"".join(hs.to_client)
+            hs.to_client.clear()
+            self.pause_client_reading("throttle")
+            reason = next(e.reason for e in events if isinstance(e, Refused))
+            asyncio.get_running_loop().call_later(delay, self._send_refusal, answer, reason)
+            return
         if hs.to_client:
             self.transport.write(b"".join(hs.to_client))  # type: ignore[union-attr]
             hs.to_client.clear()
@@ -225,6 +237,30 @@ class ClientConnection(asyncio.Protocol):
                 self._spawn(self._check_password(event), "password-check")
             elif isinstance(event, Authenticated):
                 self._on_authenticated(event)
+
+    def _send_refusal(self, answer: bytes, reason: str) -> None:
+        if self.phase == "CLOSED":
+            return
+        self.close(reason, answer)
+
+    def _auth_event(self, outcome: str, user: str, *, target: str | None = None, method: str | None = None,
+                    identity: object | None = None, access: str | None = None, reason: str = "") -> None:
+        self.gateway.pipeline.authenticated(
+            AuthEvent(
+                session_id=self.id,
+                outcome=outcome,
+                user=user,
+                client_addr=self._peer_text(),
+                tls=self.tls,
+                target=target,
+                method=method,
+                subject=getattr(identity, "subject", None),
+                issuer=getattr(identity, "issuer", None),
+                roles=tuple(getattr(identity, "roles", ())),
+                access=access,
+                reason=reason,
+            )
+        )
 
     async def _start_tls(self) -> None:
         loop = asyncio.get_running_loop()
@@ -263,13 +299,18 @@ class ClientConnection(asyncio.Protocol):
         config = self.gateway.config
         user = config.user(event.user)
         target = config.targets.get(event.database)
+        self.gateway.throttle.succeeded(self.peer)  # the credential was right
         if target is None:
+            self._auth_event("refused", event.user, target=event.database, method=event.method,
+                             identity=event.identity, reason="unknown target")
             self._fatal(SQLState.INVALID_CATALOG_NAME, f'pgwarden: target "{event.database}" does not exist', "unknown target")
             return
         if event.identity is not None:
             # A checked password (a token): the identity says which targets it may use; none means no access.
             allowed = getattr(event.identity, "targets", None) or ()
             if event.database not in allowed:
+                self._auth_event("refused", event.user, target=event.database, method=event.method,
+                                 identity=event.identity, reason="target not granted to identity")
                 self._fatal(
                     SQLState.INSUFFICIENT_PRIVILEGE,
                     f'pgwarden: user "{event.user}" may not connect to target "{event.database}"',
@@ -277,6 +318,8 @@ class ClientConnection(asyncio.Protocol):
                 )
                 return
         elif user is not None and user.targets and event.database not in user.targets:
+            self._auth_event("refused", event.user, target=event.database, method=event.method,
+                             reason="target not granted")
             self._fatal(
                 SQLState.INSUFFICIENT_PRIVILEGE,
                 f'pgwarden: user "{event.user}" may not connect to target "{event.database}"',
@@ -350,6 +393,8 @@ class ClientConnection(asyncio.Protocol):
         out.append(encode.ready_for_query(hs.txn_status.encode("ascii")))
         self.transport.write(b"".join(out))  # type: ignore[union-attr]
         self.phase = "RELAY"
+        self._auth_event("ok", event.user, target=event.database, method=event.method,
+                         identity=event.identity, access=access)
         pipeline.session_started(info)
         self.gateway.session_started(self)
         self._log.info(

@@ -39,6 +39,7 @@ from ..session.scram import ScramVerifier, parse_verifier
 from ..session.startup import CheckPassword, StartupSettings
 from ..wire.constants import SQLState
 from .client import ClientConnection
+from .throttle import LoginThrottle
 from .tls import client_facing_context
 from .upstream import send_cancel
 
@@ -95,6 +96,7 @@ class Gateway:
             password_login=password_checker is not None,
             allow_cleartext_loopback=config.listen.allow_cleartext_password_loopback,
         )
+        self.throttle = LoginThrottle(config.listen.login_throttle)
         self.sessions: set[ClientConnection] = set()
         self._keys: dict[int, tuple[int, ClientConnection]] = {}
         self._server: asyncio.AbstractServer | None = None

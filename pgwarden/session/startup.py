@@ -111,6 +111,9 @@ class Authenticated:
 @dataclass(frozen=True, slots=True)
 class Refused:
     reason: str  # for the log; the client got a FATAL ErrorResponse
+    # A credential was presented and rejected (wrong password, bad token): the
+    # driver throttles repeated failures from one source.
+    credential_rejected: bool = False
 
 
 Event = StartTLS | CancelRequested | CheckPassword | Authenticated | Refused
@@ -368,7 +371,7 @@ class ClientHandshake:
     def _fatal(self, sqlstate: str, message: str, reason: str, hint: str | None = None) -> None:
         self.to_client.append(encode.error_response(sqlstate, message, severity="FATAL", hint=hint))
         self.state = "FAILED"
-        self.events.append(Refused(reason))
+        self.events.append(Refused(reason, credential_rejected=sqlstate == SQLState.INVALID_PASSWORD))
 
     @property
     def user(self) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 from ..wire import messages
 from .verdict import Verdict
 
-__all__ = ["Statement", "SessionInfo", "Protocol", "Kind"]
+__all__ = ["AuthEvent", "Statement", "SessionInfo", "Protocol", "Kind"]
 
 
 class Protocol:
@@ -49,6 +49,29 @@ class SessionInfo:
     server_params: dict[str, str] = field(default_factory=dict)
     txn_status: str = "I"
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthEvent:
+    """One authentication outcome, handed to stages' ``authenticated`` hooks (for the recorder).
+
+    ``reason`` is the exact reason a login was refused; the client was only told
+    that authentication failed.
+    """
+
+    session_id: str
+    outcome: str  # "ok" | "refused"
+    user: str
+    client_addr: str
+    tls: str | None
+    target: str | None = None
+    method: str | None = None  # scram-sha-256 | password (token or API key)
+    subject: str | None = None
+    issuer: str | None = None
+    roles: tuple[str, ...] = ()
+    access: str | None = None
+    reason: str = ""
+    at: float = field(default_factory=time.time)
 
 
 class Statement:
