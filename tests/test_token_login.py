@@ -177,3 +177,54 @@ def test_role_max_session_ends_the_session(pg, tls_files, tmp_path):
             time.sleep(2)
             with pytest.raises(psycopg.OperationalError, match="maximum session length"):
                 conn.execute("select 1")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SET default_transaction_read_only = off",
+        "set default_transaction_read_only to default",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+        "BEGIN READ WRITE",
+        "START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE",
+        "SELECT set_config('default_transaction_read_only', 'off', false)",
+        "WITH x AS (SELECT pg_catalog.set_config('transaction_read_only', 'off', true)) SELECT * FROM x",
+        "DO $$ BEGIN PERFORM set_config('default_transaction_read_only', 'off', false); END $$",
+        "SET ROLE postgres",
+        "RESET ROLE",
+        "SET SESSION AUTHORIZATION postgres",
+        "SELECT set_config('role', 'postgres', false)",
+        'SELECT U&"\\0073et_config"(\'role\', \'postgres\', false)',
+    ],
+)
+def test_read_role_cannot_lift_read_only_or_change_role(token_env, sql):
+    gw, issuer, _ = token_env
+    token = issuer.mint("mcp-agent", groups=("agents",), ttl=300)
+    with psycopg.connect(_dsn(gw, "mcp-agent", token), autocommit=True) as conn:
+        with pytest.raises(errors.InsufficientPrivilege) as info:
+            conn.execute(sql)
+        assert "pgwarden" in str(info.value)
+        # still read-only afterwards, and the session stays usable
+        with pytest.raises(errors.ReadOnlySqlTransaction):
+            conn.execute("insert into token_probe values (3)")
+        assert conn.execute("show default_transaction_read_only").fetchone() == ("on",)
+
+
+def test_read_role_cannot_lift_read_only_in_the_extended_protocol(token_env):
+    gw, issuer, _ = token_env
+    token = issuer.mint("mcp-agent", groups=("agents",), ttl=300)
+    with psycopg.connect(_dsn(gw, "mcp-agent", token), autocommit=True) as conn:
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("select set_config(%s, 'off', false)", ("default_transaction_read_only",))
+        # an ordinary set_config stays allowed
+        assert conn.execute("select set_config('application_name', 'probe', false)").fetchone() == ("probe",)
+
+
+def test_write_role_may_set_read_write_but_never_change_role(token_env):
+    gw, issuer, _ = token_env
+    token = issuer.mint("dev-3", groups=("developers",), ttl=300)
+    with psycopg.connect(_dsn(gw, "dev-3", token), autocommit=True) as conn:
+        conn.execute("BEGIN READ WRITE")
+        conn.execute("ROLLBACK")
+        with pytest.raises(errors.InsufficientPrivilege, match="cannot change its role"):
+            conn.execute("SET ROLE postgres")

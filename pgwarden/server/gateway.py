@@ -35,6 +35,7 @@ from ..config import Config
 from ..identity.control import ControlStore, control_store_for
 from ..policy.pipeline import Pipeline, Stage
 from ..policy.stages import StatementLogStage
+from ..policy.stages.identity_guard import IdentityGuardStage
 from ..session.scram import ScramVerifier, parse_verifier
 from ..session.startup import CheckPassword, StartupSettings
 from ..wire.constants import SQLState
@@ -82,7 +83,12 @@ class Gateway:
 
             password_checker = build_token_login(config)
         self.password_checker = password_checker
-        self.pipeline = Pipeline(default_stages(config) if stages is None else stages)
+        chosen = list(default_stages(config) if stages is None else stages)
+        if config.roles or config.identity.enabled:
+            # Token and API-key sessions can never change their role or lift
+            # read-only, whatever stages a caller chose.
+            chosen.insert(0, IdentityGuardStage())
+        self.pipeline = Pipeline(chosen)
         self.client_tls_context = None
         tls = config.listen.tls
         if tls.mode != "disable":
