@@ -243,6 +243,9 @@ class RoleConfig(_Strict):
     # read: the upstream session starts with default_transaction_read_only=on
     # (the Guardrails milestone refuses turning it off); write; admin.
     access: Literal["read", "write", "admin"] = "read"
+    # The PostgreSQL role the upstream session acts as (the target's login must be a
+    # member). Sent as a startup parameter, so it is also what RESET ROLE returns to.
+    set_role: str | None = None
     # Longest a session with this role may last, in seconds (None: until the token expires).
     max_session: Annotated[float, Field(gt=0)] | None = None
 

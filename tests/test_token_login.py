@@ -228,3 +228,22 @@ def test_write_role_may_set_read_write_but_never_change_role(token_env):
         conn.execute("ROLLBACK")
         with pytest.raises(errors.InsufficientPrivilege, match="cannot change its role"):
             conn.execute("SET ROLE postgres")
+
+
+def test_role_set_role_is_what_the_session_acts_as(pg, tls_files, tmp_path):
+    pg.psql(
+        "do $$ begin if not exists (select from pg_roles where rolname = 'app_reader') then "
+        "create role app_reader nologin; end if; end $$; grant app_reader to app",
+        database="appdb",
+    )
+    data = _config_dict(pg, tls_files, tmp_path / "dev.key")
+    data["roles"]["agent"]["set_role"] = "app_reader"
+    config = parse_config(data)
+    with RunningGateway(config, []) as gw:
+        token = dev_issuer_for(config).mint("reader", groups=("agents",), ttl=300)
+        with psycopg.connect(_dsn(gw, "reader", token), autocommit=True) as conn:
+            assert conn.execute("select current_user").fetchone() == ("app_reader",)
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute("RESET ROLE")
+            conn.execute("DISCARD ALL")  # resets to the session's start values, which pgwarden chose
+            assert conn.execute("select current_user").fetchone() == ("app_reader",)

@@ -337,6 +337,9 @@ class ClientConnection(asyncio.Protocol):
         if access == "read":
             # Enforced at the database too: the upstream session starts read-only.
             params["default_transaction_read_only"] = "on"
+        set_role = self._set_role_for(event, access)
+        if set_role is not None:
+            params["role"] = set_role
         try:
             upstream, hs = await open_upstream(target, params, self)
         except UpstreamError as exc:
@@ -417,6 +420,17 @@ class ClientConnection(asyncio.Protocol):
             self.server_data(hs.leftover)
         if leftover:
             self.data_received(leftover)
+
+    def _set_role_for(self, event: Authenticated, access: str | None) -> str | None:
+        """The set_role of the role that gives this identity its access to the target."""
+        if event.identity is None or access is None:
+            return None
+        roles = self.gateway.config.roles
+        for name in getattr(event.identity, "roles", ()):
+            role = roles.get(name)
+            if role is not None and event.database in role.targets and role.access == access and role.set_role:
+                return role.set_role
+        return None
 
     def _arm_expiry(self, event: Authenticated) -> None:
         """End the session when its token expires or its role's max_session is reached."""
