@@ -247,3 +247,75 @@ def test_role_set_role_is_what_the_session_acts_as(pg, tls_files, tmp_path):
                 conn.execute("RESET ROLE")
             conn.execute("DISCARD ALL")  # resets to the session's start values, which pgwarden chose
             assert conn.execute("select current_user").fetchone() == ("app_reader",)
+
+
+class _AuthReasons:
+    name = "test.auth-reasons"
+
+    def __init__(self):
+        self.events = []
+
+    def check(self, statement):
+        return None
+
+    def authenticated(self, event):
+        self.events.append(event)
+
+
+def _bad_tokens(issuer, now):
+    import base64
+    import json
+
+    good = issuer.mint("mcp-agent", groups=("agents",), ttl=300)
+    head, payload, _ = good.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+    def b64(obj) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    public_pem = json.dumps(issuer.public_jwk())
+    import hashlib
+    import hmac as _hmac
+
+    hs_header = b64({"alg": "HS256", "typ": "JWT", "kid": issuer.kid})
+    hs_body = b64(claims)
+    hs_sig = base64.urlsafe_b64encode(
+        _hmac.new(public_pem.encode(), f"{hs_header}.{hs_body}".encode(), hashlib.sha256).digest()
+    ).rstrip(b"=").decode()
+    return {
+        "alg_none": f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}.",
+        "hs256_with_public_key": f"{hs_header}.{hs_body}.{hs_sig}",
+        "expired": issuer.mint("mcp-agent", groups=("agents",), ttl=60, now=now - 3600),
+        "not_yet_valid": issuer.mint("mcp-agent", groups=("agents",), ttl=600, now=now + 300),
+        "wrong_issuer": f"{head}.{b64({**claims, 'iss': 'https://evil.example'})}.{good.split('.')[2]}",
+        "too_large": issuer.mint("mcp-agent", groups=("agents",), ttl=300, extra_claims={"pad": "x" * 17000}),
+        "garbage": "this is not a token",
+    }
+
+
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("alg_none", "alg_not_allowed"),
+        ("hs256_with_public_key", "alg_not_allowed"),
+        ("expired", "expired"),
+        ("not_yet_valid", "not_yet_valid"),
+        ("wrong_issuer", "unknown_issuer"),
+        ("too_large", "too_large"),
+        ("garbage", "malformed"),
+    ],
+)
+def test_bad_tokens_are_refused_through_the_gateway_and_recorded(pg, tls_files, tmp_path, case, reason):
+    import time
+
+    data = _config_dict(pg, tls_files, tmp_path / "dev.key")
+    config = parse_config(data)
+    recorder = _AuthReasons()
+    token = _bad_tokens(dev_issuer_for(config), time.time())[case]
+    with RunningGateway(config, [recorder]) as gw:
+        with pytest.raises(psycopg.OperationalError) as info:
+            psycopg.connect(host=gw.host, port=gw.port, user="mcp-agent", password=token, dbname="app",
+                            sslmode="require")
+    assert 'password authentication failed for user "mcp-agent"' in str(info.value)  # SQLSTATE 28P01
+    refused = [e for e in recorder.events if e.outcome == "refused"]
+    assert refused and f"({reason})" in refused[0].reason, refused
