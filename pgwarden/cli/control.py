@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from typing import Annotated, Optional
 
 import typer
 from rich import box
-from rich.console import Console
-from rich.measure import Measurement
 from rich.table import Table
+
+from .output import print_table, utc
 
 from .main import ConfigOption, fail, out, require_config
 
@@ -26,10 +25,6 @@ def _control(config):
     from ..identity.control import ControlStore
 
     return ControlStore(config.identity.control_file)
-
-
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
 
 def revoke(
@@ -94,11 +89,8 @@ def sessions_list(
     for column in ("id", "subject", "user", "target", "client", "auth", "since"):
         table.add_column(column, no_wrap=True)
     for s in sessions:
-        table.add_row(s.id, s.subject, s.user, s.target, s.client, s.auth, _when(s.since))
-    console = out
-    if not out.is_terminal:
-        console = Console(highlight=False, width=Measurement.get(out, out.options.update(width=1000), table).maximum)
-    console.print(table)
+        table.add_row(s.id, s.subject, s.user, s.target, s.client, s.auth, utc(s.since))
+    print_table(out, table)
 
 
 @sessions_app.command("kill")

@@ -8,11 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 from rich import box
-from rich.console import Console
-from rich.measure import Measurement
 from rich.table import Table
 
 from .main import ConfigOption, err, fail, out, parse_duration, require_config
+from .output import print_table, utc
+
+
+def _utc_min(ts: float | None) -> str:
+    return utc(ts, seconds=False)
 
 keys_app = typer.Typer(help="API keys issued by pgwarden (for systems with no identity provider).", no_args_is_help=True)
 
@@ -21,10 +24,6 @@ def _store(config):
     from ..identity.apikeys import ApiKeyStore
 
     return ApiKeyStore(config.identity.api_keys_file)
-
-
-def _when(ts: float | None) -> str:
-    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
 
 
 @keys_app.command("create")
@@ -76,13 +75,9 @@ def keys_list(config: ConfigOption = None) -> None:
     for column in ("name", "roles", "created", "expires", "revoked"):
         table.add_column(column, no_wrap=column != "roles", min_width=16 if column == "roles" else None)
     for k in keys:
-        expires = _when(k.expires_at) + (" (expired)" if k.expired(now) else "")
-        table.add_row(k.name, ", ".join(k.roles), _when(k.created_at), expires, _when(k.revoked_at))
-    # Piped output is not cut to 80 columns: scripts grep whole rows.
-    console = out
-    if not out.is_terminal:
-        console = Console(highlight=False, width=Measurement.get(out, out.options.update(width=1000), table).maximum)
-    console.print(table)
+        expires = _utc_min(k.expires_at) + (" (expired)" if k.expired(now) else "")
+        table.add_row(k.name, ", ".join(k.roles), _utc_min(k.created_at), expires, _utc_min(k.revoked_at))
+    print_table(out, table)
 
 
 @keys_app.command("revoke")
