@@ -141,6 +141,10 @@ class ClientConnection(asyncio.Protocol):
         self._log.warning("closing: %s", reason, extra={"event": "refused", "reason": reason})
         self.close(reason, encode.error_response(sqlstate, message, severity="FATAL"))
 
+    def terminate(self, sqlstate: str, message: str, reason: str) -> None:
+        """End this session with a FATAL error (revocation, administrator kill)."""
+        self._fatal(sqlstate, message, reason)
+
     def _startup_timeout(self) -> None:
         if self.phase in ("HANDSHAKE", "CONNECTING"):
             self._fatal(SQLState.CONNECTION_FAILURE, "canceling authentication due to timeout", "startup timeout")

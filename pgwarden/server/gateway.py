@@ -7,39 +7,29 @@ secret); a CancelRequest is matched with a constant-time compare and forwarded
 to the session's upstream backend, so a forged key cancels nothing and clients
 never see upstream backend ids.
 
-When token or API-key login is configured, the gateway also takes part in the
-file-based control plane (:mod:`pgwarden.identity.control`): it records its live
-sessions there, and one background poller ends sessions whose subject was
-revoked (``pgwarden revoke``) or that an administrator killed
-(``pgwarden sessions kill``). Store calls run on one worker thread, in order,
-so the loop never waits on SQLite; a failing store is logged, never fatal.
-
-Shutdown (SIGTERM/SIGINT) happens in a fixed order: stop accepting; tell every
-session to drain (idle sessions close at once with 57P01, busy ones when they
-next become idle); after ``listen.shutdown_grace`` seconds close the rest.
+When token or API-key login is configured, :class:`~pgwarden.server.control.ControlPlane`
+handles revocations, live sessions and kills.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hmac
 import logging
-import os
 import secrets
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..config import Config
-from ..identity.control import ControlStore, control_store_for
+from ..identity.control import control_store_for
 from ..policy.pipeline import Pipeline, Stage
 from ..policy.stages import StatementLogStage
 from ..policy.stages.identity_guard import IdentityGuardStage
 from ..session.scram import ScramVerifier, parse_verifier
 from ..session.startup import CheckPassword, StartupSettings
-from ..wire.constants import SQLState
 from .client import ClientConnection
+from .control import ControlPlane
 from .throttle import LoginThrottle
 from .tls import client_facing_context
 from .upstream import send_cancel
@@ -111,14 +101,10 @@ class Gateway:
         self.stopped = asyncio.Event()
         self.port: int | None = None
         # The control plane (revocations, live sessions, kills) when token login is configured.
-        self.control: ControlStore | None = (
-            control_store_for(config) if (config.roles or config.identity.enabled) else None
-        )
-        self.control_poll_interval = 0.5
-        self._control_id = secrets.token_hex(8)
-        self._control_worker: concurrent.futures.ThreadPoolExecutor | None = None
-        self._control_poller: asyncio.Task | None = None
-        self._kills_seen = 0
+        self.control_plane: ControlPlane | None = None
+        store = control_store_for(config) if (config.roles or config.identity.enabled) else None
+        if store is not None:  # None for configs built in code without a data directory
+            self.control_plane = ControlPlane(store, lambda: self.sessions, self.spawn)
 
     # ---------------------------------------------------------------- sessions
 
@@ -137,120 +123,13 @@ class Gateway:
 
     # ---------------------------------------------------------------- control plane
 
-    def _control_submit(self, fn, *args, **kwargs) -> concurrent.futures.Future | None:
-        """Run a store call on the control worker thread (in submission order); errors are logged."""
-        if self.control is None or self._control_worker is None:
-            return None
-        try:
-            future = self._control_worker.submit(fn, *args, **kwargs)
-        except RuntimeError:  # the worker was shut down
-            return None
-
-        def done(f: concurrent.futures.Future) -> None:
-            if not f.cancelled() and f.exception() is not None:
-                log.warning("control store %s failed: %s", getattr(fn, "__name__", fn), f.exception(),
-                            extra={"event": "control_error"})
-
-        future.add_done_callback(done)
-        return future
-
     def session_started(self, conn: ClientConnection) -> None:
-        """Record a session that reached RELAY in the control store."""
-        info = conn.info
-        if self.control is None or info is None:
-            return
-        identity = info.extra.get("identity")
-        if identity is not None:
-            from ..identity.login import API_KEY_ISSUER
-
-            subject = identity.subject
-            auth = "key" if getattr(identity, "issuer", None) == API_KEY_ISSUER else "token"
-        else:
-            subject, auth = info.user, str(info.extra.get("auth_method", "scram"))
-            if auth.startswith("scram"):
-                auth = "scram"
-        self._control_submit(
-            self.control.session_started,
-            conn.id,
-            gateway_pid=os.getpid(),
-            gateway_id=self._control_id,
-            subject=subject,
-            user=info.user,
-            target=info.target,
-            client=info.client_addr,
-            auth=auth,
-        )
+        if self.control_plane is not None:
+            self.control_plane.session_started(conn)
 
     def session_ended(self, conn: ClientConnection) -> None:
-        if self.control is not None:
-            self._control_submit(self.control.session_ended, conn.id)
-
-    def _control_poll(self) -> tuple[set[str], list[tuple[int, str]]]:
-        assert self.control is not None
-        return self.control.revoked_subjects(), self.control.pending_kills(self._kills_seen)
-
-    async def _control_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.control_poll_interval)
-            try:
-                revoked, kills = await loop.run_in_executor(self._control_worker, self._control_poll)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("control store poll failed: %s", exc, extra={"event": "control_error"})
-                continue
-            self.apply_control(revoked, kills)
-
-    def apply_control(self, revoked: set[str], kills: list[tuple[int, str]]) -> None:
-        """End sessions whose subject is in ``revoked`` and those named by ``kills``."""
-        if kills:
-            self._kills_seen = max(self._kills_seen, max(k[0] for k in kills))
-        doomed = {session_id for _, session_id in kills}
-        for conn in list(self.sessions):
-            if conn.phase != "RELAY" or conn.info is None:
-                continue
-            identity = conn.info.extra.get("identity")
-            subject = getattr(identity, "subject", None) if identity is not None else None
-            if subject is not None and subject in revoked:
-                conn._fatal(
-                    SQLState.INVALID_AUTHORIZATION,
-                    f'pgwarden: access for "{subject}" was revoked',
-                    f"subject {subject!r} revoked",
-                )
-            elif conn.id in doomed:
-                conn._fatal(
-                    SQLState.ADMIN_SHUTDOWN,
-                    "pgwarden: session terminated by an administrator",
-                    "killed by an administrator",
-                )
-
-    async def _start_control(self) -> None:
-        if self.control is None:
-            return
-        self._control_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pgwarden-control")
-        loop = asyncio.get_running_loop()
-        try:
-            # Kill requests from before this start are not ours to apply.
-            self._kills_seen = await loop.run_in_executor(self._control_worker, self.control.last_kill_id)
-        except Exception as exc:
-            log.warning("control store %s unreadable: %s", self.control.path, exc, extra={"event": "control_error"})
-        self._control_submit(self.control.prune_dead)
-        self._control_poller = self.spawn(self._control_loop(), "control-poller")
-
-    async def _stop_control(self) -> None:
-        if self._control_poller is not None:
-            self._control_poller.cancel()
-            self._control_poller = None
-        if self.control is None or self._control_worker is None:
-            return
-        future = self._control_submit(self.control.clear_gateway, os.getpid(), self._control_id)
-        if future is not None:
-            try:
-                await asyncio.wait_for(asyncio.wrap_future(future), timeout=5)
-            except Exception:
-                pass  # logged by the done callback, or the store is slow: the rows are pruned later
-        self._control_worker.shutdown(wait=False)
+        if self.control_plane is not None:
+            self.control_plane.session_ended(conn)
 
     def issue_backend_key(self, conn: ClientConnection) -> tuple[int, int]:
         while True:
@@ -290,7 +169,8 @@ class Gateway:
         )
         sockets = self._server.sockets or []
         self.port = sockets[0].getsockname()[1] if sockets else listen.port
-        await self._start_control()
+        if self.control_plane is not None:
+            await self.control_plane.start()
         log.info(
             "listening on %s:%s (TLS %s), targets: %s",
             listen.host,
@@ -322,7 +202,8 @@ class Gateway:
                 conn._close_for_shutdown()
         if self._server is not None:
             await self._server.wait_closed()
-        await self._stop_control()
+        if self.control_plane is not None:
+            await self.control_plane.stop()
         for task in list(self._background):
             task.cancel()
         self.stopped.set()
