@@ -19,6 +19,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .config_guardrails import GuardrailsConfig, RolePolicy
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -32,6 +34,7 @@ __all__ = [
     "DevIssuerConfig",
     "RoleConfig",
     "RoleBinding",
+    "GuardrailsConfig",
     "load_config",
     "parse_config",
     "SAFE_STARTUP_PARAMETERS",
@@ -248,6 +251,8 @@ class RoleConfig(_Strict):
     set_role: str | None = None
     # Longest a session with this role may last, in seconds (None: until the token expires).
     max_session: Annotated[float, Field(gt=0)] | None = None
+    # Packs, exemptions and the default verdict for this role's statements.
+    guardrails: RolePolicy = RolePolicy()
 
 
 class RoleBinding(_Strict):
@@ -277,6 +282,7 @@ class Config(_Strict):
     identity: IdentityConfig = IdentityConfig()
     roles: dict[str, RoleConfig] = {}
     role_bindings: list[RoleBinding] = []
+    guardrails: GuardrailsConfig = GuardrailsConfig()
     # Extra startup parameters clients may pass through (lower-case names).
     forward_startup_parameters: list[str] = []
     data_dir: Path | None = None
@@ -300,6 +306,13 @@ class Config(_Strict):
         for index, binding in enumerate(self.role_bindings):
             if binding.role not in self.roles:
                 raise ValueError(f"role_bindings[{index}].role: unknown role {binding.role!r}")
+        for rule in self.guardrails.rules:
+            unknown = [t for t in rule.match.targets or () if t not in self.targets]
+            if unknown:
+                raise ValueError(f"guardrails.rules.{rule.name}.match.targets: unknown target(s) {', '.join(unknown)}")
+            unknown = [r for r in rule.match.roles or () if r not in self.roles]
+            if unknown:
+                raise ValueError(f"guardrails.rules.{rule.name}.match.roles: unknown role(s) {', '.join(unknown)}")
         forbidden = {"options", "replication", "role", "session_authorization", "user", "database"}
         bad = [p for p in self.forward_startup_parameters if p.lower() in forbidden]
         if bad:

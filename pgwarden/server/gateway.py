@@ -25,6 +25,7 @@ from ..config import Config
 from ..identity.control import control_store_for
 from ..policy.pipeline import Pipeline, Stage
 from ..policy.stages import StatementLogStage
+from ..policy.stages.guardrails import GuardrailsStage
 from ..policy.stages.identity_guard import IdentityGuardStage
 from ..session.scram import ScramVerifier, parse_verifier
 from ..session.startup import CheckPassword, StartupSettings
@@ -45,6 +46,8 @@ PasswordChecker = Callable[[CheckPassword], Awaitable[tuple[Any, str]]]
 def default_stages(config: Config) -> list[Stage]:
     """The built-in pipeline, in order. Later issues insert their stages here."""
     stages: list[Stage] = []
+    if config.guardrails.enabled:
+        stages.append(GuardrailsStage(config))
     if config.logging.statements:
         stages.append(StatementLogStage())
     return stages

@@ -1,0 +1,139 @@
+"""SQL analysis with the PostgreSQL parser (pglast / libpg_query), parsed once per shape.
+
+:func:`analyze` turns a statement text into an :class:`Analysis`. The costly
+part, walking the parse tree, happens once per statement *shape*:
+
+1. an exact-text lookup (a repeated prepared statement costs one dict lookup);
+2. otherwise the text is normalised by libpg_query (constants become ``$n``,
+   about 2 µs) and looked up by that: clients in simple-query mode inline their
+   literals, so ``pgbench -S`` sends a different text every time but always the
+   same normalised one;
+3. otherwise it is parsed and walked, and cached under both keys.
+
+Why the normalised text and not pglast's 64-bit fingerprint: a fingerprint is a
+hash, and a hostile client that found a collision could make a ``DROP`` look
+like a cached ``SELECT``. Two texts with the same normalised form are the same
+text except for the constants, so they have the same parse tree except for the
+constants' values. An analysis that read a constant's value (``SET``,
+``set_config('role', …)``) is marked literal-dependent and only ever reused for
+the identical text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+
+from pglast import parser as _pg
+
+from .facts import CLASSIFICATIONS, Analysis, Column, Name, StatementFacts
+from .walker import walk_statement
+
+__all__ = ["Analysis", "Analyzer", "Column", "Name", "StatementFacts", "CLASSIFICATIONS", "analyze", "default_analyzer"]
+
+SYNTAX_ERROR = "42601"
+STATEMENT_TOO_COMPLEX = "54001"
+PROGRAM_LIMIT_EXCEEDED = "54000"
+
+
+class Analyzer:
+    """A bounded, two-level analysis cache in front of the parser."""
+
+    def __init__(self, cache_size: int = 8192, max_length: int = 1024 * 1024) -> None:
+        self.cache_size = cache_size
+        self.max_length = max_length
+        self._exact: dict[str, Analysis] = {}
+        self._shapes: OrderedDict[str, Analysis] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def analyze(self, text: str) -> Analysis:
+        found = self._exact.get(text)
+        if found is not None:
+            self.hits += 1
+            return found
+        if len(text) > self.max_length:
+            return Analysis(
+                (),
+                error=f"statement is {len(text)} characters long; pgwarden analyses at most {self.max_length}",
+                error_sqlstate=PROGRAM_LIMIT_EXCEEDED,
+            )
+        try:
+            key = _pg.normalize(text)
+        except _pg.ParseError as exc:
+            analysis = _parse_error(exc)
+            self._remember_exact(text, analysis)
+            return analysis
+        except RecursionError:
+            return _too_complex()
+        except Exception:  # a normaliser bug must not stop analysis: parse without the shape key
+            key = None
+        if key is not None:
+            shapes = self._shapes
+            found = shapes.get(key)
+            if found is not None:
+                shapes.move_to_end(key)
+                self.hits += 1
+                return found
+        self.misses += 1
+        analysis = analyze_uncached(text)
+        if key is not None and not analysis.literal_dependent and analysis.ok:
+            self._shapes[key] = analysis
+            if len(self._shapes) > self.cache_size:
+                self._shapes.popitem(last=False)
+        self._remember_exact(text, analysis)
+        return analysis
+
+    def _remember_exact(self, text: str, analysis: Analysis) -> None:
+        exact = self._exact
+        exact[text] = analysis
+        if len(exact) > self.cache_size:
+            del exact[next(iter(exact))]
+
+    def clear(self) -> None:
+        self._exact.clear()
+        self._shapes.clear()
+
+
+def _parse_error(exc: Exception) -> Analysis:
+    message = str(exc.args[0]) if getattr(exc, "args", None) else str(exc)
+    position = exc.args[1] if len(getattr(exc, "args", ())) > 1 else None
+    if isinstance(position, int) and position >= 0:
+        position += 1  # PostgreSQL reports 1-based character positions
+    else:
+        position = None
+    if "stack depth" in message:
+        return Analysis((), error=message, error_sqlstate=STATEMENT_TOO_COMPLEX)
+    return Analysis((), error=message, error_sqlstate=SYNTAX_ERROR, error_position=position)
+
+
+def _too_complex() -> Analysis:
+    return Analysis((), error="statement is nested too deeply to analyse", error_sqlstate=STATEMENT_TOO_COMPLEX)
+
+
+def analyze_uncached(text: str) -> Analysis:
+    """Parse and walk ``text``; never raises for bad input (the error is in the Analysis)."""
+    try:
+        tree = json.loads(_pg.parse_sql_json(text))
+    except _pg.ParseError as exc:
+        return _parse_error(exc)
+    except RecursionError:
+        return _too_complex()
+    statements = []
+    literal_dependent = False
+    try:
+        for raw in tree.get("stmts", ()):
+            facts, dependent = walk_statement(raw.get("stmt") or {})
+            statements.append(facts)
+            literal_dependent |= dependent
+    except RecursionError:
+        return _too_complex()
+    return Analysis(tuple(statements), literal_dependent=literal_dependent)
+
+
+default_analyzer = Analyzer()
+
+
+def analyze(text: str) -> Analysis:
+    """Analyse ``text`` with the process-wide cache."""
+    return default_analyzer.analyze(text)

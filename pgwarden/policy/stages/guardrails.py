@@ -1,0 +1,231 @@
+"""GuardrailsStage: every statement parsed, classified and decided before it reaches PostgreSQL.
+
+Per statement: the shared, cached analysis (``policy.analysis``), then the
+compiled policy (``policy.rules``). What the stage adds is the session's view:
+
+* **Prepared statements.** ``PREPARE name AS …`` and named protocol-level
+  Parse messages are remembered (name -> facts) when allowed, so ``EXECUTE
+  name`` is decided on what it actually runs; ``DEALLOCATE`` and ``DISCARD
+  ALL`` forget. An ``EXECUTE`` of a name pgwarden never saw is refused (26000):
+  pgwarden cannot vouch for it.
+* **search_path.** Every path the session may be using (startup parameter,
+  each ``SET search_path``) is kept; rules resolve unqualified names against
+  all of them (see ``rules.SessionContext``). It only ever grows, because a
+  ``SET`` can be undone by a ROLLBACK pgwarden would otherwise have to model.
+* **Decision cache.** A session's decision for an analysis is reused while
+  nothing it depends on changes (no time windows, no EXECUTE, same
+  search_path set), so a repeated statement costs two dict lookups.
+
+Refusals are ErrorResponses with SQLSTATE 42501 (42601 for what the parser
+rejects, 26000 for an unknown prepared statement, 54000/54001 for input too
+long or too deeply nested) and a message that names the rule. The decision is
+attached to the statement (``statement.decision``) for the recorder and logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from ...config import Config
+from ...session.statement import Kind, SessionInfo, Statement
+from ...session.verdict import Deny
+from ...wire.constants import SQLState
+from ..analysis import Analyzer, StatementFacts
+from ..rules import ALLOW, REVIEW, Decision, Policy, SessionContext, parse_search_path
+
+__all__ = ["GuardrailsStage", "session_context"]
+
+log = logging.getLogger("pgwarden.guardrails")
+
+_STATE_KEY = "guardrails"
+_UNDEFINED_PREPARED = "26000"
+
+
+class _SessionState:
+    __slots__ = ("ctx", "prepared", "decisions")
+
+    def __init__(self, ctx: SessionContext) -> None:
+        self.ctx = ctx
+        self.prepared: dict[str, StatementFacts] = {}
+        self.decisions: dict[int, tuple[Any, Decision]] = {}
+
+
+def acting_role(config: Config, identity: Any, target: str, access: str | None) -> str | None:
+    """The role that gives a token session its access to ``target`` (first in binding order)."""
+    if identity is None:
+        return None
+    roles = getattr(identity, "roles", ())
+    for name in roles:
+        role = config.roles.get(name)
+        if role is not None and target in role.targets and (access is None or role.access == access):
+            return name
+    for name in roles:
+        if name in config.roles:
+            return name
+    return None
+
+
+def session_context(config: Config, info: SessionInfo) -> SessionContext:
+    """The rules' view of a session: its target, role, identities and search_path."""
+    identity = info.extra.get("identity")
+    role = acting_role(config, identity, info.target, info.extra.get("access"))
+    identities = [info.user]
+    if identity is not None:
+        identities.insert(0, getattr(identity, "subject", ""))
+    target = config.targets.get(info.target)
+    user = target.user if target is not None else info.user
+    if role is not None and config.roles[role].set_role:
+        user = config.roles[role].set_role or user
+    path_value = info.startup_params.get("search_path")
+    paths = [parse_search_path(path_value)] if path_value else [('"$user"', "public")]
+    return SessionContext(
+        target=info.target,
+        role=role,
+        roles=tuple(getattr(identity, "roles", ()) or ()),
+        identities=tuple(i for i in identities if i),
+        user=user,
+        search_paths=paths,
+    )
+
+
+class GuardrailsStage:
+    name = "guardrails"
+
+    def __init__(self, config: Config, analyzer: Analyzer | None = None) -> None:
+        self.config = config
+        self.policy = Policy(config)
+        guard = config.guardrails
+        self.analyzer = analyzer or Analyzer(cache_size=guard.cache_size, max_length=guard.max_statement_length)
+
+    # ------------------------------------------------------------ session hooks
+
+    def session_started(self, info: SessionInfo) -> None:
+        info.extra[_STATE_KEY] = _SessionState(session_context(self.config, info))
+
+    def _state(self, info: SessionInfo) -> _SessionState:
+        state = info.extra.get(_STATE_KEY)
+        if state is None:
+            state = info.extra[_STATE_KEY] = _SessionState(session_context(self.config, info))
+        return state
+
+    # ------------------------------------------------------------ the decision
+
+    def check(self, statement: Statement) -> Deny | None:
+        if statement.kind == Kind.FUNCTION_CALL:
+            return None  # refused by the relay itself
+        state = self._state(statement.session)
+        text = statement.text
+        if text is None:
+            facts = state.prepared.get(statement.statement_name or "") if statement.statement_name else None
+            if facts is None:
+                return Deny(
+                    "pgwarden: this portal's statement is unknown to pgwarden, so it cannot be checked",
+                    _UNDEFINED_PREPARED,
+                    rule="guardrails.unknown_statement",
+                    hint="Prepare statements with Parse or PREPARE through pgwarden.",
+                )
+            return self._verdict(statement, self.policy.decide((facts,), state.ctx))
+        analysis = self.analyzer.analyze(text)
+        if analysis.error is not None:
+            return self._analysis_error(statement, analysis)
+        cached = state.decisions.get(id(analysis))
+        if cached is not None and cached[0] is analysis:
+            decision = cached[1]
+        else:
+            statements = analysis.statements
+            cacheable = not self.policy.time_dependent
+            if any(s.execute is not None for s in statements):
+                resolved = []
+                for facts in statements:
+                    if facts.execute is None:
+                        resolved.append(facts)
+                        continue
+                    prepared = state.prepared.get(facts.execute)
+                    if prepared is None:
+                        return Deny(
+                            f'pgwarden: prepared statement "{facts.execute}" is unknown to pgwarden, '
+                            "so it cannot be checked",
+                            _UNDEFINED_PREPARED,
+                            rule="guardrails.unknown_statement",
+                        )
+                    resolved.append(prepared)
+                statements = tuple(resolved)
+                cacheable = False
+            decision = self.policy.decide(statements, state.ctx)
+            if cacheable and not _has_session_effects(analysis.statements):
+                decisions = state.decisions
+                if len(decisions) >= 1024:
+                    decisions.clear()
+                decisions[id(analysis)] = (analysis, decision)
+        if decision.action == ALLOW:
+            self._apply_effects(state, statement, analysis.statements)
+        return self._verdict(statement, decision)
+
+    def _verdict(self, statement: Statement, decision: Decision) -> Deny | None:
+        statement.decision = decision
+        if decision.action == ALLOW:
+            return None
+        where = ""
+        if len(decision.facts) > 1:
+            where = f"statement {decision.statement + 1} of {len(decision.facts)}: "
+        if decision.action == REVIEW:
+            return Deny(
+                f"pgwarden: {where}{decision.message} (rule {decision.rule}); approvals are not configured, "
+                "so it is refused",
+                SQLState.INSUFFICIENT_PRIVILEGE,
+                rule=decision.rule,
+                hint=decision.hint,
+            )
+        hint = decision.hint
+        if hint is None and len(decision.facts) > 1:
+            hint = "Nothing in this query string was run."
+        return Deny(
+            f"pgwarden: {where}{decision.message} (rule {decision.rule or 'default'})",
+            SQLState.INSUFFICIENT_PRIVILEGE,
+            rule=decision.rule or "guardrails.default",
+            hint=hint,
+        )
+
+    def _analysis_error(self, statement: Statement, analysis) -> Deny:
+        sqlstate = analysis.error_sqlstate or SQLState.SYNTAX_ERROR
+        rule = {"42601": "guardrails.syntax", "54001": "guardrails.too_complex", "54000": "guardrails.too_long"}.get(
+            sqlstate, "guardrails.unparseable"
+        )
+        statement.decision = Decision("deny", rule, analysis.error or "")
+        return Deny(
+            f"pgwarden: {analysis.error} (rule {rule})",
+            sqlstate,
+            rule=rule,
+            hint="pgwarden parses every statement with the PostgreSQL parser and refuses what it cannot parse.",
+        )
+
+    # ------------------------------------------------------------ session effects
+
+    def _apply_effects(self, state: _SessionState, statement: Statement, statements) -> None:
+        if statement.kind == Kind.PARSE and statement.statement_name and len(statements) == 1:
+            state.prepared[statement.statement_name] = statements[0]
+        for facts in statements:
+            if facts.prepare is not None:
+                state.prepared[facts.prepare] = dataclasses.replace(
+                    facts, command=facts.inner_command or facts.command, prepare=None,
+                    commands=facts.commands - {"PREPARE"},
+                )
+            if facts.deallocate is not None:
+                if facts.deallocate == "*":
+                    state.prepared.clear()
+                else:
+                    state.prepared.pop(facts.deallocate, None)
+            if "search_path" in facts.settings or "?" in facts.settings:
+                path = facts.search_path if "?" not in facts.settings else None
+                if path == ():
+                    continue  # back to the startup value, already among the candidates
+                state.ctx.add_search_path(path)
+                state.decisions.clear()
+
+
+def _has_session_effects(statements) -> bool:
+    return any(
+        f.prepare is not None or f.deallocate is not None or f.settings for f in statements
+    )
