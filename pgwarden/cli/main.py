@@ -188,6 +188,10 @@ from .control import revoke as _revoke, sessions_app as _sessions_app  # noqa: E
 app.command("revoke")(_revoke)
 app.add_typer(_sessions_app, name="sessions")
 
+from .policy import policy_app as _policy_app  # noqa: E402
+
+app.add_typer(_policy_app, name="policy")
+
 
 def main() -> None:
     app()

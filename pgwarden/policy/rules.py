@@ -40,6 +40,7 @@ ALLOW = "allow"
 DENY = "deny"
 REVIEW = "review"
 _SEVERITY = {ALLOW: 0, REVIEW: 1, DENY: 2}
+_ALWAYS_DEFAULT_ALLOW = frozenset({"transaction", "session"})
 _DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 ANY_SCHEMA = "*"  # the search_path is unknown: an unqualified name may be in any schema
 
@@ -287,8 +288,12 @@ class _CompiledRule:
 
 
 def _column_name_match(globs: _Globs, column: str) -> bool:
-    return any(fnmatch.fnmatchcase(column.lower(), p.rsplit(".", 1)[-1]) for p in globs.patterns) if column != "*" \
-        else True
+    """A column not tied to a table, by name only. ``*`` of a derived relation (a
+    subquery or CTE) matches nothing here: its source columns are recorded where
+    the subquery reads them."""
+    if column == "*":
+        return False
+    return any(fnmatch.fnmatchcase(column.lower(), p.rsplit(".", 1)[-1]) for p in globs.patterns)
 
 
 def _table_pattern_match(globs: _Globs, schema: str, table: str) -> bool:
@@ -376,6 +381,11 @@ class Policy:
             return Decision(rule.action, rule.name, message, rule.hint, tuple(alerts), facts=(facts,),
                             time_dependent=self.time_dependent)
         default = self.role_rules(ctx.role).default
+        if facts.classification in _ALWAYS_DEFAULT_ALLOW:
+            # Transaction control and session settings are how clients work
+            # (BEGIN, SET application_name, DISCARD ALL); a default of deny
+            # would break every driver. Packs and rules still apply to them.
+            default = ALLOW
         message = "" if default == ALLOW else _default_message(default, facts)
         return Decision(default, None, message, None, tuple(alerts), facts=(facts,),
                         time_dependent=self.time_dependent)
@@ -400,8 +410,12 @@ class Policy:
 
 
 def _default_message(action: str, facts: StatementFacts) -> str:
+    what = facts.command
+    others = sorted(facts.commands - {facts.command})
+    if others:
+        what = f"{what} (running {', '.join(others)})"
     if action == DENY:
-        return f"{facts.command} is not allowed by the guardrails policy"
+        return f"{what} is not allowed by the guardrails policy"
     if action == REVIEW:
-        return f"{facts.command} needs a reviewer's approval"
+        return f"{what} needs a reviewer's approval"
     return ""

@@ -27,7 +27,7 @@ from collections import OrderedDict
 from pglast import parser as _pg
 
 from .facts import CLASSIFICATIONS, Analysis, Column, Name, StatementFacts
-from .walker import walk_statement
+from .statement import walk_statement
 
 __all__ = ["Analysis", "Analyzer", "Column", "Name", "StatementFacts", "CLASSIFICATIONS", "analyze", "default_analyzer"]
 
