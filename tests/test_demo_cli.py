@@ -63,6 +63,7 @@ def test_demo_runs_serves_psql_and_reuses_its_data():
             )
             # the URI's sslmode=require wins over the environment; TLS is used
             assert tls.returncode == 0
+            _check_demo_guardrails(lines, port)
         finally:
             out = _stop(proc)
         assert proc.returncode == 0, out
@@ -77,3 +78,31 @@ def test_demo_runs_serves_psql_and_reuses_its_data():
         assert proc2.returncode == 0
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _token(config: str, sub: str, group: str) -> str:
+    minted = subprocess.run(
+        [sys.executable, "-m", "pgwarden", "token", "mint", "--config", config, "--sub", sub, "--groups", group],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert minted.returncode == 0, minted.stderr
+    return minted.stdout.strip()
+
+
+def _check_demo_guardrails(lines: list[str], port: int) -> None:
+    """What the demo promises: the agent cannot drop through the MCP bypass; the developer writes but never drops."""
+    config = next(line.split("Config:", 1)[1].strip() for line in lines if "Config:" in line)
+
+    def psql(sub: str, group: str, sql: str) -> subprocess.CompletedProcess:
+        dsn = f"host=127.0.0.1 port={port} dbname=shop user={sub} sslmode=require"
+        env = {**os.environ, "PGPASSWORD": _token(config, sub, group)}
+        return subprocess.run(["psql", dsn, "-X", "-At", "-c", sql], capture_output=True, text=True, timeout=30,
+                              env=env)
+
+    exploit = psql("mcp-agent", "agents", "COMMIT; DROP TABLE customers;")
+    assert exploit.returncode != 0 and "dangerous.drop" in exploit.stderr
+    assert psql("mcp-agent", "agents", "select count(*) > 0 from customers").stdout.strip() == "t"
+    drop = psql("dev", "developers", "DROP TABLE orders")
+    assert drop.returncode != 0 and "dangerous.drop" in drop.stderr
+    write = psql("dev", "developers", "BEGIN; UPDATE orders SET status = status WHERE id = 1; ROLLBACK")
+    assert write.returncode == 0, write.stderr

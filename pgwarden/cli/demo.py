@@ -97,10 +97,20 @@ def write_demo_config(data_dir: Path, target: dict, port: int, password: str) ->
         # Identities: tokens from the built-in dev issuer (`pgwarden token mint`).
         "identity": {"dev_issuer": {"enabled": True, "key_file": "dev-issuer.key"}},
         "roles": {
-            "agent": {"targets": [DEMO_TARGET], "access": "read", "max_session": 8 * 3600},
+            # agent: read-only, with both guardrail packs (docs/guardrails.md).
+            "agent": {"targets": [DEMO_TARGET], "access": "read", "max_session": 8 * 3600,
+                      "guardrails": {"packs": ["dangerous", "read-only"]}},
             "analyst": {"targets": [DEMO_TARGET], "access": "read"},
-            "developer": {"targets": [DEMO_TARGET], "access": "write"},
-            "dba": {"targets": [DEMO_TARGET], "access": "admin"},
+            # developer: may write, but the dangerous pack refuses DROP, TRUNCATE, unbounded DELETE...
+            "developer": {"targets": [DEMO_TARGET], "access": "write", "guardrails": {"packs": ["dangerous"]}},
+            # dba: no packs; every statement is still parsed, checked against the rules and logged.
+            "dba": {"targets": [DEMO_TARGET], "access": "admin", "guardrails": {"packs": []}},
+        },
+        "guardrails": {
+            "packs": ["dangerous"],  # for the static demo user
+            "rules": [
+                {"name": "watch-payments", "match": {"tables": "payments"}, "action": "alert"},
+            ],
         },
         "role_bindings": [{"role": role, "match": {"groups": group}} for role, group in DEMO_GROUPS],
         "data_dir": str(data_dir),
@@ -166,6 +176,15 @@ def register(app: typer.Typer) -> None:
                         f" psql 'host=127.0.0.1 port={port} dbname={DEMO_TARGET} user={sub} sslmode=require'",
                         soft_wrap=True,
                     )
+                out.print(
+                    "\nGuardrails: as agent, try  COMMIT; DROP TABLE customers;  or"
+                    "  SELECT * FROM pg_read_file('/etc/passwd');  (both refused, the session stays usable)."
+                )
+                out.print(
+                    f"Ask the policy without a database:  pgwarden policy check --config {config_path}"
+                    " --role developer \"DELETE FROM orders\"",
+                    soft_wrap=True,
+                )
                 out.print("\nPress Ctrl-C to stop.\n")
 
             install_uvloop()
