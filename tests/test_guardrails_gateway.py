@@ -187,3 +187,25 @@ def test_decisions_are_attached_for_the_recorder(pg, gw_users):
     assert {str(t) for t in allowed.facts[0].tables} == {"gr.items"}
     refused = done["DROP TABLE gr.items"].decision
     assert refused.action == "deny" and refused.rule == "dangerous.drop"
+
+
+def test_every_decision_is_logged_with_rule_and_classification(guarded, caplog):
+    import logging
+    import time
+
+    caplog.set_level(logging.INFO, logger="pgwarden.statement")
+    with connect(guarded, autocommit=True) as conn:
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("DROP TABLE gr.items")
+        conn.execute("SELECT name FROM gr.items WHERE id = 1")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        records = {getattr(r, "rule", None): r for r in caplog.records if r.name == "pgwarden.statement"}
+        if "dangerous.drop" in records and "default" in records:
+            break
+        time.sleep(0.05)
+    refused = records["dangerous.drop"]
+    assert refused.levelno == logging.WARNING and refused.classification == "ddl" and refused.decision == "deny"
+    assert refused.tables == ["gr.items"]
+    allowed = records["default"]
+    assert allowed.decision == "allow" and allowed.classification == "read"

@@ -29,7 +29,9 @@ class StatementLogStage:
     def completed(self, statement: Statement) -> None:
         if statement.kind == Kind.PARSE and statement.status in ("ok", "skipped"):
             return
-        if not log.isEnabledFor(logging.INFO):
+        if not log.isEnabledFor(logging.INFO) and statement.status != "denied" and not (
+            statement.decision is not None and statement.decision.alerts
+        ):
             return
         text = statement.text
         if text is not None and len(text) > self.max_text:
@@ -54,9 +56,23 @@ class StatementLogStage:
         if statement.error is not None:
             fields["sqlstate"] = statement.error.sqlstate
             fields["error"] = statement.error.message
+        decision = statement.decision
+        if decision is not None:
+            # What the guardrails saw and decided (docs/guardrails.md).
+            fields["decision"] = decision.action
+            fields["rule"] = decision.rule or "default"
+            if decision.facts:
+                fields["classification"] = [f.classification for f in decision.facts] \
+                    if len(decision.facts) > 1 else decision.facts[0].classification
+                tables = sorted({str(t) for f in decision.facts for t in f.tables})
+                if tables:
+                    fields["tables"] = tables
+            if decision.alerts:
+                fields["alerts"] = list(decision.alerts)
         verdict = statement.verdict
         if isinstance(verdict, Deny):
             fields["sqlstate"] = verdict.sqlstate
             fields["rule"] = verdict.rule
             fields["error"] = verdict.message
-        log.info("%s %s", statement.status, text if text is not None else f"<{statement.kind}>", extra=fields)
+        level = logging.WARNING if statement.status == "denied" or fields.get("alerts") else logging.INFO
+        log.log(level, "%s %s", statement.status, text if text is not None else f"<{statement.kind}>", extra=fields)
