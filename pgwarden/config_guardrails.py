@@ -30,7 +30,7 @@ PACKS = ("dangerous", "read-only")
 PACK_RULES = {
     "dangerous": (
         "drop", "truncate", "no_where", "alter_system", "copy_program", "server_files", "exfiltration",
-        "hidden_sql", "roles", "load", "extension", "untrusted_language", "backend_control",
+        "hidden_sql", "roles", "load", "extension", "untrusted_language", "backend_control", "anonymous_code",
     ),
     "read-only": (
         "read_write", "write", "row_lock", "sequences", "settings", "listen_notify", "lock", "temp_objects",

@@ -38,6 +38,8 @@ _FOREIGN_DATA = frozenset({"CREATE FOREIGN DATA WRAPPER", "CREATE SERVER", "CREA
 _SECURITY_SETTINGS = frozenset({"role", "session_authorization", "transaction_read_only",
                                 "default_transaction_read_only", "session_replication_role", "?", "all"})
 _READ_CLASSES = frozenset({READ, SESSION, TRANSACTION})
+# System views that read server files (pg_hba.conf, postgresql.conf...).
+_FILE_VIEWS = frozenset({"pg_hba_file_rules", "pg_ident_file_mappings", "pg_file_settings", "pg_config"})
 
 
 def _function_group(facts: StatementFacts, group: str) -> list[str]:
@@ -74,6 +76,9 @@ def _server_files(f: StatementFacts, ctx: SessionContext) -> str | None:
     if "copy_file" in f.flags:
         return "COPY to or from a file on the database server is not allowed (use STDIN/STDOUT)"
     names = _function_group(f, "file_access")
+    names += sorted(
+        str(t) for t in f.tables if t.name in _FILE_VIEWS and (t.schema is None or t.schema == "pg_catalog")
+    )
     return f"server file access ({', '.join(names)}) is not allowed" if names else None
 
 
@@ -92,7 +97,11 @@ def _hidden_sql(f: StatementFacts, ctx: SessionContext) -> str | None:
 
 
 def _roles(f: StatementFacts, ctx: SessionContext) -> str | None:
-    return f"role and privilege changes ({f.command}) are not allowed" if f.command in _ROLE_COMMANDS else None
+    if f.command in _ROLE_COMMANDS:
+        return f"role and privilege changes ({f.command}) are not allowed"
+    if "owner_change" in f.flags:
+        return "changing an object's owner is not allowed"
+    return None
 
 
 def _load(f: StatementFacts, ctx: SessionContext) -> str | None:
@@ -112,6 +121,12 @@ def _untrusted_language(f: StatementFacts, ctx: SessionContext) -> str | None:
     return None
 
 
+def _anonymous_code(f: StatementFacts, ctx: SessionContext) -> str | None:
+    if f.command == "DO":
+        return "DO blocks run code pgwarden cannot inspect (EXECUTE of any string)"
+    return None
+
+
 def _backend_control(f: StatementFacts, ctx: SessionContext) -> str | None:
     names = _function_group(f, "backend_control")
     return f"server and backend control ({', '.join(names)}) is not allowed" if names else None
@@ -125,6 +140,8 @@ def _read_write(f: StatementFacts, ctx: SessionContext) -> str | None:
 
 
 def _write(f: StatementFacts, ctx: SessionContext) -> str | None:
+    if "two_phase" in f.flags:
+        return f"{f.command} (two-phase commit) is not allowed; this session may only read"
     if f.classification in _READ_CLASSES or "row_lock" in f.flags or "opaque_code" in f.flags:
         return None
     if "sequence" in f.flags and f.classification == "write" and f.command == "SELECT":
@@ -172,11 +189,13 @@ def _functions(f: StatementFacts, ctx: SessionContext) -> str | None:
     safe = safe_functions()
     unknown = []
     for fn in f.functions:
-        name = fn.name.lower()
+        # Names arrive folded by the parser: an unquoted NOW is "now", a quoted
+        # "NOW" is another function, so the comparison is exact.
+        name = fn.name
         if fn.schema is None:
             if name in safe and ctx.builtins_first:
                 continue
-        elif fn.schema.lower() == "pg_catalog" and name in safe:
+        elif fn.schema == "pg_catalog" and name in safe:
             continue
         unknown.append(str(fn))
     if unknown:
@@ -199,6 +218,7 @@ PACK_CHECKS: dict[str, tuple[tuple[str, PackCheck], ...]] = {
         ("dangerous.extension", _extension),
         ("dangerous.untrusted_language", _untrusted_language),
         ("dangerous.backend_control", _backend_control),
+        ("dangerous.anonymous_code", _anonymous_code),
     ),
     "read-only": (
         ("read-only.read_write", _read_write),

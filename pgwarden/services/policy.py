@@ -1,19 +1,24 @@
 """Policy operations: what would the guardrails decide for this statement?
 
-``check_statement`` runs exactly the code the gateway runs for a statement
-(the same analyser, packs and rules), for a session described by role, target,
-identity and search_path instead of a live connection. It is what ``pgwarden
-policy check`` prints and what a CI job for a policy repository asserts on.
+``check_statement`` runs the gateway's own stages (the identity guard for a
+role's token session, then the guardrails stage) on a statement for a session
+described by role, target, identity and search_path instead of a live
+connection, so it answers exactly what the gateway would. It is what
+``pgwarden policy check`` prints and what a CI job for a policy repository
+asserts on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from ..config import Config
 from ..policy.analysis import Analysis, Analyzer
-from ..policy.rules import DENY, Decision, Policy, SessionContext, parse_search_path
+from ..policy.rules import ALLOW, DENY, Decision, Policy
+from ..policy.stages.guardrails import GuardrailsStage
+from ..policy.stages.identity_guard import IdentityGuardStage
+from ..session.statement import Kind, Protocol, SessionInfo, Statement
 
 __all__ = ["PolicyCheck", "check_statement", "PolicyInputError"]
 
@@ -23,18 +28,32 @@ class PolicyInputError(ValueError):
 
 
 @dataclass(frozen=True)
+class _Identity:
+    """Stands in for a token identity: what the stages read from it."""
+
+    subject: str
+    roles: tuple[str, ...]
+    issuer: str = "policy-check"
+    access: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class PolicyCheck:
     decision: Decision
     analysis: Analysis
     role: str | None
     target: str
+    sqlstate: str | None = None  # what the client would see on a refusal
+    message: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"role": self.role, "target": self.target}
         out.update(self.decision.describe())
+        if self.sqlstate is not None:
+            out["sqlstate"] = self.sqlstate
+            out["client_message"] = self.message
         if self.analysis.error is not None:
             out["error"] = self.analysis.error
-            out["sqlstate"] = self.analysis.error_sqlstate
         return out
 
 
@@ -47,10 +66,10 @@ def check_statement(
     identity: str | None = None,
     search_path: str | None = None,
     at: datetime | None = None,
-    policy: Policy | None = None,
     analyzer: Analyzer | None = None,
+    policy: Policy | None = None,
 ) -> PolicyCheck:
-    """The guardrails' decision for ``sql`` in a session with this role and target."""
+    """The gateway's decision for ``sql`` in a session with this role and target."""
     if role is not None and role not in config.roles:
         raise PolicyInputError(f"unknown role {role!r} (configured: {', '.join(config.roles) or 'none'})")
     if target is None:
@@ -60,24 +79,38 @@ def check_statement(
             target = next(iter(config.targets))
     if target not in config.targets:
         raise PolicyInputError(f"unknown target {target!r} (configured: {', '.join(config.targets)})")
-    policy = policy or Policy(config)
     analyzer = analyzer or Analyzer(max_length=config.guardrails.max_statement_length)
-    target_config = config.targets[target]
-    user = target_config.user
-    if role is not None and config.roles[role].set_role:
-        user = config.roles[role].set_role or user
-    ctx = SessionContext(
+    info = SessionInfo(
+        id="policy-check",
+        user=identity or "policy-check",
         target=target,
-        role=role,
-        roles=(role,) if role else (),
-        identities=tuple(i for i in (identity,) if i),
-        user=user,
-        search_paths=[parse_search_path(search_path)] if search_path else [('"$user"', "public")],
+        client_addr="-",
+        startup_params={"search_path": search_path} if search_path else {},
     )
+    if role is not None:
+        access = config.roles[role].access
+        info.extra["identity"] = _Identity(identity or "policy-check", (role,), access={target: access})
+        info.extra["access"] = access
+    statement = Statement(Kind.QUERY, Protocol.SIMPLE, sql, info, 1)
     analysis = analyzer.analyze(sql)
-    if analysis.error is not None:
-        rule = "guardrails.syntax" if analysis.error_sqlstate == "42601" else "guardrails.unparseable"
-        return PolicyCheck(Decision(DENY, rule, analysis.error), analysis, role, target)
-    statements = analysis.statements
-    decision = policy.decide(statements, ctx, at)
-    return PolicyCheck(decision, analysis, role, target)
+    verdict = IdentityGuardStage(analyzer).check(statement) if role is not None else None
+    if verdict is None and config.guardrails.enabled:
+        stage = GuardrailsStage(config, analyzer, policy)
+        stage.now = at
+        stage.session_started(info)
+        verdict = stage.check(statement)
+    decision = statement.decision
+    if verdict is not None and (decision is None or decision.action == ALLOW):
+        # Refused before the guardrails decided (identity guard, unknown EXECUTE).
+        decision = Decision(DENY, verdict.rule, verdict.message.removeprefix("pgwarden: "),
+                            verdict.hint, facts=analysis.statements)
+    if decision is None:
+        decision = Decision(ALLOW, None, facts=analysis.statements)
+    return PolicyCheck(
+        decision,
+        analysis,
+        role,
+        target,
+        sqlstate=verdict.sqlstate if verdict is not None else None,
+        message=verdict.message if verdict is not None else None,
+    )

@@ -29,9 +29,10 @@ from pglast import parser as _pg
 from .facts import CLASSIFICATIONS, Analysis, Column, Name, StatementFacts
 from .statement import walk_statement
 
-__all__ = ["Analysis", "Analyzer", "Column", "Name", "StatementFacts", "CLASSIFICATIONS", "analyze", "default_analyzer"]
+__all__ = ["error_rule", "Analysis", "Analyzer", "Column", "Name", "StatementFacts", "CLASSIFICATIONS", "analyze", "default_analyzer"]
 
 SYNTAX_ERROR = "42601"
+CHARACTER_NOT_IN_REPERTOIRE = "22021"
 STATEMENT_TOO_COMPLEX = "54001"
 PROGRAM_LIMIT_EXCEEDED = "54000"
 
@@ -66,6 +67,8 @@ class Analyzer:
             return analysis
         except RecursionError:
             return _too_complex()
+        except UnicodeError:
+            return _bad_text()
         except Exception:  # a normaliser bug must not stop analysis: parse without the shape key
             key = None
         if key is not None:
@@ -111,6 +114,23 @@ def _too_complex() -> Analysis:
     return Analysis((), error="statement is nested too deeply to analyse", error_sqlstate=STATEMENT_TOO_COMPLEX)
 
 
+def _bad_text() -> Analysis:
+    return Analysis((), error="statement text is not valid Unicode", error_sqlstate=CHARACTER_NOT_IN_REPERTOIRE)
+
+
+_ERROR_RULES = {
+    SYNTAX_ERROR: "guardrails.syntax",
+    STATEMENT_TOO_COMPLEX: "guardrails.too_complex",
+    PROGRAM_LIMIT_EXCEEDED: "guardrails.too_long",
+    CHARACTER_NOT_IN_REPERTOIRE: "guardrails.encoding",
+}
+
+
+def error_rule(analysis: Analysis) -> str:
+    """The rule name a refusal of an unanalysable statement carries."""
+    return _ERROR_RULES.get(analysis.error_sqlstate or "", "guardrails.unparseable")
+
+
 def analyze_uncached(text: str) -> Analysis:
     """Parse and walk ``text``; never raises for bad input (the error is in the Analysis)."""
     try:
@@ -119,6 +139,8 @@ def analyze_uncached(text: str) -> Analysis:
         return _parse_error(exc)
     except RecursionError:
         return _too_complex()
+    except UnicodeError:
+        return _bad_text()
     statements = []
     literal_dependent = False
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from .facts import DCL, DDL, RANK, READ, SESSION, TRANSACTION, UTILITY, WRITE, StatementFacts
-from .walker import ROOT, Walker
+from .walker import Scope, Walker
 
 __all__ = ["walk_statement", "command_of"]
 
@@ -142,19 +142,20 @@ def walk_statement(node: dict) -> tuple[StatementFacts, bool]:
     node_type = next(iter(node)) if len(node) == 1 else ""
     body = node.get(node_type, {}) if node_type else {}
     walker = Walker()
+    root = Scope(None, frozenset())  # fresh per statement: scopes collect relations
     command, classification = command_of(node_type, body, walker)
     if node_type in _DDL_WRITES_RELATION:
         # The relation a DDL/maintenance statement changes is written, not read.
         rel = body.get("relation") or body.get("view") or body.get("sequence")
         if isinstance(rel, dict) and "relname" in rel:
-            walker._relation(rel, ROOT, write=True)
+            walker._relation(rel, root, write=True)
         for rel in body.get("rels") or ():  # VACUUM / ANALYZE
             inner = (rel.get("VacuumRelation") or {}).get("relation")
             if inner:
-                walker._relation(inner, ROOT, write=True)
-        walker.children({k: v for k, v in body.items() if k not in ("relation", "view", "sequence", "rels")}, ROOT)
+                walker._relation(inner, root, write=True)
+        walker.children({k: v for k, v in body.items() if k not in ("relation", "view", "sequence", "rels")}, root)
     else:
-        walker.visit(node, ROOT)
+        walker.visit(node, root)
     effects = set(walker.effects)
     effects.add(classification)
     if "opaque_code" in walker.flags:
@@ -167,6 +168,11 @@ def walk_statement(node: dict) -> tuple[StatementFacts, bool]:
         classification = strongest
     else:
         classification = max((classification, strongest), key=RANK.__getitem__)
+    if node_type == "AlterTableStmt" and any(
+        (c.get("AlterTableCmd") or {}).get("subtype") == "AT_ChangeOwner" for c in body.get("cmds") or ()
+    ):
+        walker.flags.add("owner_change")
+        classification = DCL
     if node_type == "SelectStmt" and "row_lock" in walker.flags:
         command = "SELECT FOR UPDATE"
     if node_type == "SelectStmt" and "select_into" in walker.flags:

@@ -201,9 +201,30 @@ class UtilityMixin:
         self.languages.add(str(self.const(lang)).lower() if lang is not None else "sql")
         if name.schema:
             self.schemas.add(name.schema)
-        # The body is not executed here; a SQL-standard body (BEGIN ATOMIC) is
-        # walked so its table references are visible.
+        # The body is not executed here, but whoever calls the function runs it:
+        # a SQL-standard body (BEGIN ATOMIC) is walked, and a LANGUAGE sql body
+        # given as a string is parsed, so the tables and functions it uses are
+        # visible to the rules (a pg_read_file inside is refused like a direct one).
         self.visit(body.get("sql_body"), scope)
+        language = next(iter(self.languages), "sql") if len(self.languages) == 1 else None
+        source = _defelems(body.get("options")).get("as")
+        if language == "sql" and source is not None:
+            self._merge_sql_body(source)
+
+    def _merge_sql_body(self, source: Any) -> None:
+        from . import analyze_uncached  # the package imports this module
+
+        parts = source.get("List", {}).get("items", ()) if isinstance(source, dict) and "List" in source else (source,)
+        for part in parts[:1]:
+            text = self.const(part)
+            if not isinstance(text, str):
+                continue
+            inner = analyze_uncached(text)
+            for facts in inner.statements:
+                self.tables |= facts.tables
+                self.functions |= facts.functions
+                self.columns |= facts.columns
+                self.flags |= facts.flags & {"copy_program", "copy_file", "sequence", "alter_system", "load"}
 
     def n_CreatePLangStmt(self, body: dict, scope: _Scope) -> None:
         self.languages.add((body.get("plname") or "").lower())

@@ -32,7 +32,7 @@ from typing import Any
 from .facts import DDL, READ, WRITE, Column, Name
 from .utility import UtilityMixin, _name, _strings
 
-__all__ = ["Walker", "Scope", "ROOT"]
+__all__ = ["Walker", "Scope"]
 
 # Functions whose first argument names a setting or a sequence: the decision
 # depends on that constant.
@@ -60,7 +60,6 @@ class Scope:
         return False, None
 
 
-ROOT = Scope(None, frozenset())
 
 
 
@@ -326,6 +325,16 @@ class Walker(UtilityMixin):
                     self.columns.add(Column(rel, parts[0]))
         self.children(body, scope)
 
+    def n_A_Expr(self, body: dict, scope: Scope) -> None:
+        # OPERATOR(schema.op) runs whatever function that operator is bound to:
+        # record it like a function call, so only pg_catalog operators are vetted.
+        parts = _strings(body.get("name"))
+        if len(parts) > 1:
+            self.functions.add(Name(parts[-2], parts[-1]))
+            self.schemas.add(parts[-2])
+            self.flags.add("qualified_operator")
+        self.children(body, scope)
+
     def n_TypeCast(self, body: dict, scope: Scope) -> None:
         type_parts = _strings((body.get("typeName") or {}).get("names"))
         if type_parts and type_parts[-1].lower() in ("regclass", "regproc", "regprocedure", "regnamespace"):
@@ -389,5 +398,9 @@ class Walker(UtilityMixin):
         self.effect(WRITE)
         self.commands.add("MERGE")
         level, _ = self._dml_target(body, scope)
+        for clause in body.get("mergeWhenClauses") or ():
+            kind = (clause.get("MergeWhenClause") or {}).get("commandType", "")
+            if kind in ("CMD_DELETE", "CMD_UPDATE", "CMD_INSERT"):
+                self.commands.add(kind[4:])
         for key in ("sourceRelation", "joinCondition", "mergeWhenClauses", "returningClause", "returningList"):
             self.visit(body.get(key), level)

@@ -32,7 +32,7 @@ from ...config import Config
 from ...session.statement import Kind, SessionInfo, Statement
 from ...session.verdict import Deny
 from ...wire.constants import SQLState
-from ..analysis import Analyzer, StatementFacts
+from ..analysis import Analyzer, StatementFacts, error_rule
 from ..rules import ALLOW, REVIEW, Decision, Policy, SessionContext, parse_search_path
 
 __all__ = ["GuardrailsStage", "session_context"]
@@ -93,11 +93,13 @@ def session_context(config: Config, info: SessionInfo) -> SessionContext:
 class GuardrailsStage:
     name = "guardrails"
 
-    def __init__(self, config: Config, analyzer: Analyzer | None = None) -> None:
+    def __init__(self, config: Config, analyzer: Analyzer | None = None, policy: Policy | None = None) -> None:
         self.config = config
-        self.policy = Policy(config)
+        self.policy = policy or Policy(config)
         guard = config.guardrails
         self.analyzer = analyzer or Analyzer(cache_size=guard.cache_size, max_length=guard.max_statement_length)
+        # Decide as of this time instead of now (``pgwarden policy check --at``).
+        self.now = None
 
     # ------------------------------------------------------------ session hooks
 
@@ -126,7 +128,7 @@ class GuardrailsStage:
                     rule="guardrails.unknown_statement",
                     hint="Prepare statements with Parse or PREPARE through pgwarden.",
                 )
-            return self._verdict(statement, self.policy.decide((facts,), state.ctx))
+            return self._verdict(statement, self.policy.decide((facts,), state.ctx, self.now))
         analysis = self.analyzer.analyze(text)
         if analysis.error is not None:
             return self._analysis_error(statement, analysis)
@@ -136,13 +138,24 @@ class GuardrailsStage:
         else:
             statements = analysis.statements
             cacheable = not self.policy.time_dependent
+            if len(statements) > 1 and _has_session_effects(statements[:-1]):
+                # SET search_path earlier in the string applies to what follows:
+                # the candidate paths only grow, so applying them first is safe.
+                self._apply_search_paths(state, statements)
             if any(s.execute is not None for s in statements):
                 resolved = []
+                overlay: dict[str, StatementFacts | None] = {}
                 for facts in statements:
+                    if facts.prepare is not None:
+                        overlay[facts.prepare] = _prepared_facts(facts)
+                    if facts.deallocate is not None and facts.deallocate != "*":
+                        overlay[facts.deallocate] = None
                     if facts.execute is None:
                         resolved.append(facts)
                         continue
-                    prepared = state.prepared.get(facts.execute)
+                    prepared = overlay[facts.execute] if facts.execute in overlay else state.prepared.get(
+                        facts.execute
+                    )
                     if prepared is None:
                         return Deny(
                             f'pgwarden: prepared statement "{facts.execute}" is unknown to pgwarden, '
@@ -153,7 +166,7 @@ class GuardrailsStage:
                     resolved.append(prepared)
                 statements = tuple(resolved)
                 cacheable = False
-            decision = self.policy.decide(statements, state.ctx)
+            decision = self.policy.decide(statements, state.ctx, self.now)
             if cacheable and not _has_session_effects(analysis.statements):
                 decisions = state.decisions
                 if len(decisions) >= 1024:
@@ -190,9 +203,7 @@ class GuardrailsStage:
 
     def _analysis_error(self, statement: Statement, analysis) -> Deny:
         sqlstate = analysis.error_sqlstate or SQLState.SYNTAX_ERROR
-        rule = {"42601": "guardrails.syntax", "54001": "guardrails.too_complex", "54000": "guardrails.too_long"}.get(
-            sqlstate, "guardrails.unparseable"
-        )
+        rule = error_rule(analysis)
         statement.decision = Decision("deny", rule, analysis.error or "")
         return Deny(
             f"pgwarden: {analysis.error} (rule {rule})",
@@ -208,21 +219,30 @@ class GuardrailsStage:
             state.prepared[statement.statement_name] = statements[0]
         for facts in statements:
             if facts.prepare is not None:
-                state.prepared[facts.prepare] = dataclasses.replace(
-                    facts, command=facts.inner_command or facts.command, prepare=None,
-                    commands=facts.commands - {"PREPARE"},
-                )
+                state.prepared[facts.prepare] = _prepared_facts(facts)
             if facts.deallocate is not None:
                 if facts.deallocate == "*":
                     state.prepared.clear()
                 else:
                     state.prepared.pop(facts.deallocate, None)
+        self._apply_search_paths(state, statements)
+
+    @staticmethod
+    def _apply_search_paths(state: _SessionState, statements) -> None:
+        for facts in statements:
             if "search_path" in facts.settings or "?" in facts.settings:
                 path = facts.search_path if "?" not in facts.settings else None
                 if path == ():
                     continue  # back to the startup value, already among the candidates
                 state.ctx.add_search_path(path)
                 state.decisions.clear()
+
+
+def _prepared_facts(facts: StatementFacts) -> StatementFacts:
+    """What EXECUTE of a prepared statement runs: the PREPARE's facts under the inner command."""
+    return dataclasses.replace(
+        facts, command=facts.inner_command or facts.command, prepare=None, commands=facts.commands - {"PREPARE"}
+    )
 
 
 def _has_session_effects(statements) -> bool:

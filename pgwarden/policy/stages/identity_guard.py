@@ -29,12 +29,32 @@ from __future__ import annotations
 from ...session.statement import Kind, Statement
 from ...session.verdict import Deny
 from ...wire.constants import SQLState
-from ..analysis import Analyzer, default_analyzer
+from ..analysis import Analyzer, default_analyzer, error_rule
 
 __all__ = ["IdentityGuardStage"]
 
 _ROLE_SETTINGS = frozenset({"role", "session_authorization", "?"})
 _READ_ONLY_SETTINGS = frozenset({"default_transaction_read_only", "transaction_read_only"})
+
+
+def identity_refusal(statements, read_only: bool) -> tuple[str, str, str | None] | None:
+    """(rule, message, hint) when a token session may not run these statements, else None.
+
+    Shared with ``pgwarden policy check`` so it answers what the gateway does.
+    """
+    for facts in statements:
+        if facts.settings & _ROLE_SETTINGS:
+            return (
+                "identity.role_fixed",
+                "this session cannot change its role or session authorization",
+                "The role comes from your identity; connect with another token to act as someone else.",
+            )
+        if read_only:
+            if facts.settings & _READ_ONLY_SETTINGS or "read_write" in facts.flags:
+                return "identity.read_only", "this session is read-only and cannot be made read-write", None
+            if "opaque_code" in facts.flags:
+                return "identity.read_only", "DO and CALL are not allowed in a read-only session", None
+    return None
 
 
 class IdentityGuardStage:
@@ -49,31 +69,16 @@ class IdentityGuardStage:
             return None
         analysis = self.analyzer.analyze(statement.text)
         if analysis.error is not None:
+            # Same refusal as the guardrails stage gives (which may be switched off).
+            rule = error_rule(analysis)
             return Deny(
-                f"pgwarden: {analysis.error}",
+                f"pgwarden: {analysis.error} (rule {rule})",
                 analysis.error_sqlstate or SQLState.SYNTAX_ERROR,
-                rule="identity.unparseable",
+                rule=rule,
+                hint="pgwarden parses every statement with the PostgreSQL parser and refuses what it cannot parse.",
             )
-        read_only = extra.get("access") == "read"
-        for facts in analysis.statements:
-            if facts.settings & _ROLE_SETTINGS:
-                return Deny(
-                    "pgwarden: this session cannot change its role or session authorization",
-                    SQLState.INSUFFICIENT_PRIVILEGE,
-                    rule="identity.role_fixed",
-                    hint="The role comes from your identity; connect with another token to act as someone else.",
-                )
-            if read_only:
-                if facts.settings & _READ_ONLY_SETTINGS or "read_write" in facts.flags:
-                    return Deny(
-                        "pgwarden: this session is read-only and cannot be made read-write",
-                        SQLState.INSUFFICIENT_PRIVILEGE,
-                        rule="identity.read_only",
-                    )
-                if "opaque_code" in facts.flags:
-                    return Deny(
-                        "pgwarden: DO and CALL are not allowed in a read-only session",
-                        SQLState.INSUFFICIENT_PRIVILEGE,
-                        rule="identity.read_only",
-                    )
-        return None
+        refusal = identity_refusal(analysis.statements, extra.get("access") == "read")
+        if refusal is None:
+            return None
+        rule, message, hint = refusal
+        return Deny(f"pgwarden: {message}", SQLState.INSUFFICIENT_PRIVILEGE, rule=rule, hint=hint)
