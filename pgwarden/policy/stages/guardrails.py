@@ -115,10 +115,24 @@ class GuardrailsStage:
     # ------------------------------------------------------------ the decision
 
     def check(self, statement: Statement) -> Deny | None:
+        # The hot path first: a statement this session already decided (its
+        # shape is cached) costs a normalisation and two dict lookups.
+        text = statement.text
+        state = statement.session.extra.get(_STATE_KEY)
+        if text is not None and state is not None:
+            analysis = self.analyzer.analyze(text)
+            cached = state.decisions.get(id(analysis))
+            if cached is not None and cached[0] is analysis:
+                decision = cached[1]
+                statement.decision = decision
+                if decision.action == ALLOW:
+                    if statement.kind == Kind.PARSE and statement.statement_name:
+                        state.prepared[statement.statement_name] = analysis.statements[0]
+                    return None
+                return self._verdict(statement, decision)
         if statement.kind == Kind.FUNCTION_CALL:
             return None  # refused by the relay itself
         state = self._state(statement.session)
-        text = statement.text
         if text is None:
             facts = state.prepared.get(statement.statement_name or "") if statement.statement_name else None
             if facts is None:
