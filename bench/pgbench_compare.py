@@ -284,7 +284,7 @@ stats_period = 3600
     return proxy
 
 
-def start_pgwarden(workdir: Path, pg, password: str, use_uvloop: bool) -> Proxy:
+def start_pgwarden(workdir: Path, pg, password: str, use_uvloop: bool, guardrails: bool = True) -> Proxy:
     import yaml
 
     from pgwarden.session.scram import make_verifier
@@ -313,6 +313,9 @@ def start_pgwarden(workdir: Path, pg, password: str, use_uvloop: bool) -> Proxy:
         # Same name and password as the PostgreSQL role, so every path takes the same pgbench command.
         "users": [{"name": ROLE, "scram_verifier": make_verifier(password), "targets": [DB]}],
     }
+    if not guardrails:
+        # --guardrails off: the core alone (empty pipeline), to see what the stages cost on top.
+        config["guardrails"] = {"enabled": False}
     cfg_path = workdir / "pgwarden.yaml"
     cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
     cfg_path.chmod(0o600)
@@ -675,7 +678,7 @@ def markdown_report(summary: dict, paths: list[str], meta: dict) -> str:
     prose = (f"pgbench scale {a['scale']}, `-S` (select-only), `-n`, `-j {a['threads']}` for more than one client. "
              "No TLS on any path.")
     if "pgwarden" in paths:
-        prose += (" pgwarden: statement logging **off**, log level warning, "
+        prose += (f" pgwarden: guardrails stage **{a.get('pgwarden_guardrails', 'on')}**, statement logging **off**, log level warning, "
                   f"uvloop {m.get('uvloop', '?').split(' ')[0]}, SCRAM-SHA-256 login.")
     if "pgbouncer" in paths:
         prose += (f" pgbouncer: session pooling, default_pool_size {a['pgbouncer_pool_size']}, "
@@ -762,6 +765,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--pool-size", type=int, default=20, help="pgbouncer default_pool_size (default 20)")
     ap.add_argument("--no-uvloop", action="store_true",
                     help="run pgwarden and the forwarder on the standard asyncio loop")
+    ap.add_argument("--guardrails", choices=("on", "off"), default="on",
+                    help="pgwarden's guardrails stage (default on, as shipped; off measures the core alone)")
     ap.add_argument("--output", type=Path, help="JSON file (default bench/results/<timestamp>.json)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     ap.add_argument("--rows-worker", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -859,7 +864,7 @@ def main(argv: list[str] | None = None) -> int:
             proxies["pgbouncer"] = start_pgbouncer(pgbouncer_bin, workdir, pg, password, args.pool_size)
             ports["pgbouncer"] = proxies["pgbouncer"].port
         if "pgwarden" in args.paths:
-            proxies["pgwarden"] = start_pgwarden(workdir, pg, password, not args.no_uvloop)
+            proxies["pgwarden"] = start_pgwarden(workdir, pg, password, not args.no_uvloop, args.guardrails == "on")
             ports["pgwarden"] = proxies["pgwarden"].port
         if "forwarder" in args.paths:
             proxies["forwarder"] = start_forwarder(workdir, pg, not args.no_uvloop)
@@ -958,6 +963,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup, "pgbouncer_pool_size": args.pool_size, "pgbouncer_pool_mode": "session",
             "postgres_settings": {**PG_SETTINGS, "fsync": "off", "synchronous_commit": "off"},
             "pgwarden_logging": {"level": "warning", "statements": False},
+            "pgwarden_guardrails": args.guardrails,
             "tls": "none (client sslmode=disable on every path; both proxies reach PostgreSQL without TLS)",
             "rows_query": rows_query,
             "rows_reps": args.rows_reps,

@@ -114,6 +114,7 @@ class ClientConnection(asyncio.Protocol):
         for task in list(self._tasks):
             task.cancel()
         if self.upstream is not None:
+            self.upstream.stop_relaying()  # no more server data into a closed session
             if not self.upstream.closed and self.relay is not None and not self.relay.closed:
                 self.upstream.write(encode.terminate())
             self.upstream.close()
@@ -414,8 +415,12 @@ class ClientConnection(asyncio.Protocol):
                    "tls": info.tls, "application_name": info.application_name, "upstream_auth": hs.auth_method},
         )
         self._client_write = self.transport.write  # type: ignore[union-attr]
-        self._upstream_write = upstream.write
-        upstream.relaying = True
+        # The transports' own write methods, not UpstreamProtocol.write: one
+        # Python call less per request. Safe because nothing reaches the relay
+        # path once the upstream is gone (upstream_lost tears the session down
+        # first), and the transports are not replaced after TLS setup.
+        self._upstream_write = upstream.transport.write  # type: ignore[union-attr]
+        upstream.start_relaying(self.relay, self._client_write)
         self._arm_expiry(event)
         leftover = (self.handshake.leftover if self.handshake else b"") + self._pending_client
         self._pending_client = b""
@@ -476,21 +481,16 @@ class ClientConnection(asyncio.Protocol):
     # ------------------------------------------------------------ relay output
 
     def server_data(self, data: bytes) -> None:
+        """Server bytes during RELAY. The hot path does the same inline in
+        UpstreamProtocol.data_received (one Python call less per reply); this
+        method serves the bytes that arrived with the upstream login."""
         relay = self.relay
         if relay is None or self.phase != "RELAY":
             return
         try:
             relay.server_data(data)
-        except ProtocolViolation as exc:
-            self._log.error("upstream protocol violation: %s", exc)
-            self.close(
-                f"upstream protocol violation: {exc}",
-                encode.error_response(SQLState.PROTOCOL_VIOLATION, "pgwarden: the upstream broke the protocol", severity="FATAL"),
-            )
-            return
         except Exception as exc:
-            self._log.exception("internal error handling upstream data")
-            self._fatal(SQLState.INTERNAL_ERROR, "pgwarden internal error; the session was closed", f"bug: {exc!r}")
+            self.server_data_failed(exc)
             return
         out = relay.to_client
         if out:
@@ -498,6 +498,17 @@ class ClientConnection(asyncio.Protocol):
             out.clear()
         if self.draining:
             self._flush()
+
+    def server_data_failed(self, exc: Exception) -> None:
+        if isinstance(exc, ProtocolViolation):
+            self._log.error("upstream protocol violation: %s", exc)
+            self.close(
+                f"upstream protocol violation: {exc}",
+                encode.error_response(SQLState.PROTOCOL_VIOLATION, "pgwarden: the upstream broke the protocol", severity="FATAL"),
+            )
+            return
+        self._log.error("internal error handling upstream data", exc_info=exc)
+        self._fatal(SQLState.INTERNAL_ERROR, "pgwarden internal error; the session was closed", f"bug: {exc!r}")
 
     def _flush(self) -> None:
         relay = self.relay

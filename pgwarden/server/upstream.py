@@ -32,6 +32,8 @@ class UpstreamProtocol(asyncio.Protocol):
         self.handshake: UpstreamHandshake | None = None
         self.relaying = False
         self.closed = False
+        self._relay = None  # the session's Relay while relaying (see start_relaying)
+        self._client_write = None
         loop = asyncio.get_running_loop()
         self._ssl_answer: asyncio.Future[bytes] = loop.create_future()
         self._ready: asyncio.Future[None] = loop.create_future()
@@ -43,9 +45,24 @@ class UpstreamProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self.relaying:
-            self.owner.server_data(data)  # type: ignore[union-attr]
+        relay = self._relay
+        if relay is not None:
+            # The hot path, inline rather than through ClientConnection.server_data:
+            # one relay call, one write to the client.
+            try:
+                relay.server_data(data)
+            except Exception as exc:
+                self.owner.server_data_failed(exc)  # type: ignore[union-attr]
+                return
+            out = relay.to_client
+            if out:
+                self._client_write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[misc]
+                out.clear()
+            if self.owner.draining:  # type: ignore[union-attr]
+                self.owner._flush()  # type: ignore[union-attr]
             return
+        if self.relaying:
+            return  # the session is over
         if self._awaiting_ssl:
             self._awaiting_ssl = False
             if len(data) != 1:
@@ -74,6 +91,16 @@ class UpstreamProtocol(asyncio.Protocol):
             self._fail(UpstreamError(f"upstream closed the connection during startup{f': {exc}' if exc else ''}"))
         elif self.owner is not None and self.relaying:
             self.owner.upstream_lost(exc)
+
+    def start_relaying(self, relay: Any, client_write: Any) -> None:
+        """From now on every chunk goes to ``relay`` and its output to ``client_write``."""
+        self._relay = relay
+        self._client_write = client_write
+        self.relaying = True
+
+    def stop_relaying(self) -> None:
+        self._relay = None
+        self._client_write = None
 
     def pause_writing(self) -> None:
         if self.owner is not None:

@@ -10,6 +10,8 @@ on :attr:`commands` (hold, close). Nothing here knows about sockets or asyncio.
 Client -> server. Every complete client message is handled in arrival order.
 Query, Parse and Execute become :class:`Statement` objects and pass the policy
 (``evaluate``); other messages are forwarded as the bytes they arrived in.
+The common requests take an inline fast path (``fastpath.py``); the methods
+here are the general path and the specification it follows.
 Statements are evaluated as their message arrives rather than after the Sync
 that ends the request, so a pipelined batch of any size streams through with
 bounded memory; each Statement still records which request (Query, or
@@ -25,7 +27,7 @@ side effects (the parser rejects it before any prepared statement is touched),
 so a hostile client cannot turn it into anything else.
 
 Expected replies (``replies.py``). Every forwarded message that the server answers leaves a
-:class:`_Pending` entry; server messages are matched against the head of that
+pending entry; server messages are matched against the head of that
 queue. That is how the relay knows which statement a CommandComplete or error
 belongs to, which ErrorResponse is a poison's, and when a speculative change to
 the prepared-statement map must be undone because the server discarded the
@@ -45,20 +47,21 @@ from dataclasses import dataclass
 from ..wire import encode
 from ..wire.constants import F, SQLState
 from ..wire.frames import FrameBuffer, ProtocolViolation
-from ..wire.messages import decode_cstring, decode_parse, decode_query
+from ..wire.messages import decode_cstring, decode_parse
+from .fastpath import ClientFastPath, _name_at, _query_text
 from .replies import (
     _BIND,
     _CLOSE,
-    _DESCRIBE,
+    _DESCRIBE_ENTRY,
     _EXECUTE,
     _MISSING,
     _PARSE,
     _POISON_PARSE,
     _POISON_QUERY,
     _QUERY,
-    _SYNC,
+    _SYNC_ENTRY,
+    STMT,
     ReplyTracker,
-    _Pending,
 )
 from .statement import Kind, Protocol, SessionInfo, Statement
 from .verdict import Allow, Deny, Hold, Rewrite, Verdict
@@ -75,22 +78,11 @@ Evaluate = Callable[[Statement, int], Verdict]
 
 
 
-class _Portal:
-    __slots__ = ("text", "statement_name", "param_types", "bind_body")
-
-    def __init__(self, text: str | None, statement_name: str, param_types: tuple, bind_body: tuple[bytes, int, int]):
-        self.text = text
-        self.statement_name = statement_name
-        self.param_types = param_types
-        self.bind_body = bind_body
-
-
-class _Prepared:
-    __slots__ = ("text", "param_types")
-
-    def __init__(self, text: str, param_types: tuple[int, ...]):
-        self.text = text
-        self.param_types = param_types
+# The relay's view of portals and prepared statements holds plain tuples (one
+# is built per Bind and per Parse; a tuple is much cheaper than an object):
+#   portal:   (text or None, statement_name, param_types, bind_body)
+#   prepared: (text, param_types)
+# where bind_body is (buf, start, stop), the Bind body's place in the received bytes.
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +107,7 @@ class CloseRequested:
     error: bytes | None = None  # a FATAL ErrorResponse to send first, if any
 
 
-class Relay(ReplyTracker):
+class Relay(ClientFastPath, ReplyTracker):
     def __init__(
         self,
         session: SessionInfo,
@@ -136,10 +128,14 @@ class Relay(ReplyTracker):
         self._span_buf: bytes | None = None
         self._span_start = 0
         self._span_stop = 0
-        self._pending: deque[_Pending] = deque()
-        self._prepared: dict[str, _Prepared] = {}
-        self._portals: dict[str, _Portal] = {}
+        self._pending: deque[tuple] = deque()  # (kind, stmt, deny, undo); see replies.py
+        self._prepared: dict[str, tuple[str, tuple[int, ...]]] = {}
+        self._portals: dict[str, tuple] = {}
         self._discarding = False
+        # The last Bind's "portal\0statement\0" bytes and their decoded names
+        # (a Bind whose body starts with the key has exactly those names).
+        self._bind_key = b"\x00\x00"
+        self._bind_names = ("", "")
         self._held: tuple[Statement, Hold, int, tuple[bytes, int, int]] | None = None
         self.held = False  # mirrors ``_held is not None`` (a plain attribute: read on every chunk)
         # Timing is only worth a clock read when a stage will look at it.
@@ -173,8 +169,7 @@ class Relay(ReplyTracker):
 
     # --------------------------------------------------------- client -> server
 
-    def client_data(self, data: bytes) -> None:
-        """Bytes from the client. Raises ProtocolViolation for a malformed stream."""
+    def _client_data_general(self, data: bytes) -> None:
         buf, frames = self._client.feed(data)
         if not frames:
             return
@@ -183,7 +178,10 @@ class Relay(ReplyTracker):
             if self._held is None:
                 self._drain_queue()
             return
-        # Fast path: handle frames in place; unchanged runs go out as one span.
+        self._client_frames(buf, frames)
+
+    def _client_frames(self, buf: bytes, frames: list[tuple[int, int, int]]) -> None:
+        # Handle frames in place; unchanged runs go out as one span.
         for index, (t, start, stop) in enumerate(frames):
             if self._held is not None or self.closed:
                 self._queue.extend((t2, buf, s2, e2) for t2, s2, e2 in frames[index:])
@@ -237,11 +235,11 @@ class Relay(ReplyTracker):
             self._request_open = False
             self._discarding = False
             self._pass(buf, start, stop)
-            self._pending.append(_Pending(_SYNC))
+            self._pending.append(_SYNC_ENTRY)
         elif t == F.DESCRIBE:
             self._open_request()
             self._pass(buf, start, stop)
-            self._pending.append(_Pending(_DESCRIBE))
+            self._pending.append(_DESCRIBE_ENTRY)
         elif t == F.CLOSE:
             self._on_close(buf, start, stop)
         elif t == F.FLUSH:
@@ -269,8 +267,7 @@ class Relay(ReplyTracker):
     def _on_query(self, buf: bytes, start: int, stop: int) -> None:
         self._request_open = False
         self._request += 1
-        text = decode_query(buf[start + 5 : stop])
-        stmt = Statement(Kind.QUERY, Protocol.SIMPLE, text, self.session, self._request)
+        stmt = Statement(Kind.QUERY, Protocol.SIMPLE, _query_text(buf, start, stop), self.session, self._request)
         self._decide(stmt, (buf, start, stop), 0)
 
     def _on_parse(self, buf: bytes, start: int, stop: int) -> None:
@@ -291,14 +288,16 @@ class Relay(ReplyTracker):
         portal, pos = _name_at(buf, start + 5, stop)
         name, _ = _name_at(buf, pos, stop)
         prepared = self._prepared.get(name)
-        entry = _Portal(
-            prepared.text if prepared else None, name, prepared.param_types if prepared else (), (buf, start + 5, stop)
+        entry = (
+            (prepared[0], name, prepared[1], (buf, start + 5, stop))
+            if prepared is not None
+            else (None, name, (), (buf, start + 5, stop))
         )
         portals = self._portals
         undo = (portals, portal, portals.get(portal, _MISSING))
         portals[portal] = entry
         self._pass(buf, start, stop)
-        self._pending.append(_Pending(_BIND, undo=undo))
+        self._pending.append((_BIND, None, None, undo))
 
     def _on_execute(self, buf: bytes, start: int, stop: int) -> None:
         portal_name, _ = _name_at(buf, start + 5, stop)
@@ -308,16 +307,17 @@ class Relay(ReplyTracker):
                 Kind.EXECUTE, Protocol.EXTENDED, None, self.session, self._open_request(), portal_name=portal_name
             )
         else:
+            text, statement_name, param_types, bind_body = portal
             stmt = Statement(
                 Kind.EXECUTE,
                 Protocol.EXTENDED,
-                portal.text,
+                text,
                 self.session,
                 self._open_request(),
-                statement_name=portal.statement_name,
+                statement_name=statement_name,
                 portal_name=portal_name,
-                param_types=portal.param_types,
-                bind_body=portal.bind_body,
+                param_types=param_types,
+                bind_body=bind_body,
             )
         self._decide(stmt, (buf, start, stop), 0)
 
@@ -330,7 +330,7 @@ class Relay(ReplyTracker):
         table: dict = self._prepared if kind == ord("S") else self._portals
         undo = (table, name, table.pop(name, _MISSING))
         self._pass(buf, start, stop)
-        self._pending.append(_Pending(_CLOSE, undo=undo))
+        self._pending.append((_CLOSE, None, None, undo))
 
     def _on_function_call(self) -> None:
         self._request_open = False
@@ -351,12 +351,18 @@ class Relay(ReplyTracker):
         try:
             verdict = self._evaluate(stmt, first_stage)
         except Exception as exc:  # a stage's bug must fail closed, not open
-            verdict = Deny(
-                f"pgwarden: policy evaluation failed ({type(exc).__name__}); statement refused",
-                SQLState.INTERNAL_ERROR,
-                rule="pipeline.error",
-            )
-            self.commands.append(StageFailed(exc, stmt))
+            verdict = self._stage_failed(stmt, exc)
+        self._decided(stmt, msg, verdict, first_stage)
+
+    def _stage_failed(self, stmt: Statement, exc: Exception) -> Deny:
+        self.commands.append(StageFailed(exc, stmt))
+        return Deny(
+            f"pgwarden: policy evaluation failed ({type(exc).__name__}); statement refused",
+            SQLState.INTERNAL_ERROR,
+            rule="pipeline.error",
+        )
+
+    def _decided(self, stmt: Statement, msg: tuple[bytes, int, int], verdict: Verdict, first_stage: int) -> None:
         if isinstance(verdict, Hold):
             self._held = (stmt, verdict, first_stage, msg)
             self.held = True
@@ -389,27 +395,27 @@ class Relay(ReplyTracker):
             stmt.mark_started()
         kind = stmt.kind
         if kind == Kind.QUERY:
-            self._pending.append(_Pending(_QUERY, stmt))
+            self._pending.append((_QUERY, stmt, None, None))
         elif kind == Kind.EXECUTE:
-            self._pending.append(_Pending(_EXECUTE, stmt))
+            self._pending.append((_EXECUTE, stmt, None, None))
         else:  # PARSE
             # Speculative: the server may still fail this Parse (a syntax error, or
             # a name that exists, perhaps unknown to us after an SQL DEALLOCATE);
             # the undo entry restores the previous view when it does.
             name = stmt.statement_name or ""
             undo = (self._prepared, name, self._prepared.get(name, _MISSING))
-            self._prepared[name] = _Prepared(stmt.text or "", stmt.param_types)
-            self._pending.append(_Pending(_PARSE, stmt, undo=undo))
+            self._prepared[name] = (stmt.text or "", stmt.param_types)
+            self._pending.append((_PARSE, stmt, None, undo))
 
     def _send_poison(self, stmt: Statement, deny: Deny) -> None:
         if self._timing:
             stmt.mark_started()
         if stmt.protocol == Protocol.SIMPLE:
             self._emit(POISON_QUERY_BYTES)
-            self._pending.append(_Pending(_POISON_QUERY, stmt, deny))
+            self._pending.append((_POISON_QUERY, stmt, deny, None))
         else:
             self._emit(POISON_PARSE_BYTES)
-            self._pending.append(_Pending(_POISON_PARSE, stmt, deny))
+            self._pending.append((_POISON_PARSE, stmt, deny, None))
             self._discarding = True
 
     def resume(self, verdict: Verdict) -> None:
@@ -444,14 +450,4 @@ class Relay(ReplyTracker):
         return out
 
     def pending_statements(self) -> list[Statement]:
-        return [e.stmt for e in self._pending if e.stmt is not None]
-
-
-def _name_at(buf: bytes, pos: int, stop: int) -> tuple[str, int]:
-    """A statement or portal name: like decode_cstring, with the common empty name free."""
-    if pos >= stop:
-        raise ProtocolViolation("message is shorter than its contents")
-    if buf[pos] == 0:
-        return "", pos + 1
-    return decode_cstring(buf, pos, stop)
-
+        return [e[STMT] for e in self._pending if e[STMT] is not None]

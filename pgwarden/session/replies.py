@@ -1,7 +1,7 @@
 """Expected-reply tracking: the server -> client half of the relay.
 
-Every message the relay forwards that PostgreSQL answers leaves a
-:class:`_Pending` entry in ``self._pending``; each server message is matched
+Every message the relay forwards that PostgreSQL answers leaves an entry
+(a ``(kind, stmt, deny, undo)`` tuple) in ``self._pending``; each server message is matched
 against the head of that queue. That is how the relay knows which statement a
 CommandComplete or an error belongs to, which ErrorResponse is a poison's (and
 must be replaced by the policy's error), and when a speculative change to the
@@ -23,7 +23,6 @@ from ..wire import encode
 from ..wire.constants import B, SQLState
 from ..wire.frames import ProtocolViolation, unpack_uint32
 from ..wire.messages import decode_error_fields, decode_parameter_status
-from .statement import Statement
 from .verdict import Deny
 
 __all__ = ["ReplyTracker", "deny_error"]
@@ -34,17 +33,14 @@ _MISSING: Any = object()
 _PARSE, _BIND, _DESCRIBE, _EXECUTE, _CLOSE, _SYNC, _QUERY, _POISON_PARSE, _POISON_QUERY = range(9)
 _ENDS_WITH_READY = (_SYNC, _QUERY, _POISON_QUERY)
 
-
-class _Pending:
-    __slots__ = ("kind", "stmt", "deny", "undo")
-
-    def __init__(self, kind: int, stmt: Statement | None = None, deny: Deny | None = None, undo: tuple | None = None):
-        self.kind = kind
-        self.stmt = stmt
-        self.deny = deny
-        # (dict, key, previous value or _MISSING): how to revert a speculative
-        # map change if the server discards this message.
-        self.undo = undo
+# A pending entry is a plain tuple ``(kind, stmt, deny, undo)``: building a
+# tuple costs a fraction of an object with an ``__init__``, and one is built
+# for every message the server answers. ``undo`` is ``(dict, key, previous
+# value or _MISSING)``: how to revert a speculative map change if the server
+# discards the message. Entries without a statement are shared constants.
+KIND, STMT, DENY, UNDO = range(4)
+_SYNC_ENTRY = (_SYNC, None, None, None)
+_DESCRIBE_ENTRY = (_DESCRIBE, None, None, None)
 
 
 class ReplyTracker:
@@ -56,7 +52,15 @@ class ReplyTracker:
         A DataRow or CopyData that continues past the end of a chunk is forwarded
         as far as it goes and the rest is skipped when it arrives, so bulk
         results stream through without being re-buffered or copied.
+
+        The messages of an ordinary reply (RowDescription, BindComplete,
+        CommandComplete, ReadyForQuery, ...) are tracked inline in this loop
+        rather than through a method call each: this loop runs for every reply,
+        and per-message calls were a large share of the relay's cost per
+        transaction. Everything else goes through :meth:`_server_message`.
         """
+        if data.__class__ is not bytes:
+            data = bytes(data)
         out = self.to_client
         pos = 0
         skip = self._server_skip
@@ -76,6 +80,7 @@ class ReplyTracker:
         end = len(buf)
         span = 0
         unpack = unpack_uint32
+        pending = self._pending
         while end - pos >= 5:
             t = buf[pos]
             size = unpack(buf, pos + 1)[0] + 1
@@ -87,6 +92,52 @@ class ReplyTracker:
                     pos = end
                 break
             if t == 68 or t == 100:  # DataRow, CopyData: the bulk, untouched
+                pos += size
+                continue
+            if t == 67:  # CommandComplete
+                if pending:
+                    head = pending[0]
+                    stmt = head[1]
+                    if stmt is not None:
+                        stmt.tags.append(buf[pos + 5 : pos + size - 1].decode("utf-8", "replace"))
+                        if head[0] == _EXECUTE:
+                            pending.popleft()
+                            if self._completed is None:
+                                stmt.status = "ok"
+                            else:
+                                self._finish(head, "ok")
+                pos += size
+                continue
+            if t == 90:  # ReadyForQuery
+                status = chr(buf[pos + 5])
+                self.session.txn_status = status
+                while pending:
+                    entry = pending.popleft()
+                    kind = entry[0]
+                    if kind == _SYNC or kind == _QUERY or kind == _POISON_QUERY:
+                        stmt = entry[1]
+                        if stmt is not None:
+                            if kind == _QUERY and self._completed is None:
+                                if stmt.status == "pending":
+                                    stmt.status = "ok"
+                            else:
+                                self._finish_ready(entry)
+                        break
+                    self._finish(entry, "skipped")  # out of step: never let the queue wedge
+                if status == "I" and not pending and self._portals:
+                    self._portals.clear()  # portals die with the transaction
+                pos += size
+                continue
+            if t == 50 or t == 49 or t == 51 or t == 110:  # Bind/Parse/CloseComplete, NoData
+                if pending:
+                    head = pending.popleft()
+                    if head[0] == _PARSE:
+                        self._finish(head, "ok")
+                pos += size
+                continue
+            if t == 84:  # RowDescription
+                if pending and pending[0][0] == _DESCRIBE:
+                    pending.popleft()
                 pos += size
                 continue
             replacement = self._server_message(t, buf, pos, size)
@@ -105,41 +156,12 @@ class ReplyTracker:
             self._server_tail = buf[pos:]
 
     def _server_message(self, t: int, buf: bytes, pos: int, size: int) -> bytes | None:
-        """Track one non-bulk server message; return replacement bytes, b"" to drop, None to pass."""
+        """Track one server message the loop above does not handle inline;
+        return replacement bytes, b"" to drop, None to pass."""
         pending = self._pending
         head = pending[0] if pending else None
-        if t == B.READY_FOR_QUERY:
-            status = chr(buf[pos + 5])
-            self.session.txn_status = status
-            while pending:
-                entry = pending.popleft()
-                if entry.kind in _ENDS_WITH_READY:
-                    self._finish_ready(entry)
-                    break
-                self._finish(entry, "skipped")  # out of step: never let the queue wedge
-            if not pending and status == "I":
-                self._portals.clear()  # portals die with the transaction
-            return None
-        if t == B.COMMAND_COMPLETE:
-            if head is not None and head.stmt is not None:
-                tag = bytes(buf[pos + 5 : pos + size - 1]).decode("utf-8", "replace")
-                head.stmt.tags.append(tag)
-                if head.kind == _EXECUTE:
-                    pending.popleft()
-                    self._finish(head, "ok")
-            return None
-        if t == B.PARSE_COMPLETE or t == B.BIND_COMPLETE or t == B.CLOSE_COMPLETE or t == B.NO_DATA:
-            if head is not None:
-                pending.popleft()
-                if head.kind == _PARSE:
-                    self._finish(head, "ok")
-            return None
-        if t == B.ROW_DESCRIPTION:
-            if head is not None and head.kind == _DESCRIBE:
-                pending.popleft()
-            return None
         if t == B.PORTAL_SUSPENDED or t == B.EMPTY_QUERY_RESPONSE:
-            if head is not None and head.kind == _EXECUTE:
+            if head is not None and head[KIND] == _EXECUTE:
                 pending.popleft()
                 self._finish(head, "ok")
             return None
@@ -164,32 +186,34 @@ class ReplyTracker:
         if not pending:
             return None  # e.g. FATAL on admin shutdown: relay as is
         head = pending[0]
-        if head.kind == _POISON_QUERY:
-            head.stmt.status = "denied"
-            return deny_error(head.deny)
-        if head.kind in (_QUERY,):
-            head.stmt.error = decode_error_fields(buf[pos + 5 : pos + size])
-            head.stmt.status = "error"
+        kind = head[KIND]
+        if kind == _POISON_QUERY:
+            head[STMT].status = "denied"
+            return deny_error(head[DENY])
+        if kind == _QUERY:
+            head[STMT].error = decode_error_fields(buf[pos + 5 : pos + size])
+            head[STMT].status = "error"
             return None
-        if head.kind == _SYNC:
+        if kind == _SYNC:
             return None  # the implicit transaction failed at commit; ReadyForQuery follows
         # Extended protocol: the failing message is at the head; the server now
         # discards everything up to the next Sync.
         failed = pending.popleft()
         replacement = None
-        if failed.kind == _POISON_PARSE:
+        stmt = failed[STMT]
+        if kind == _POISON_PARSE:
             self._finish(failed, "denied")
-            replacement = deny_error(failed.deny)
+            replacement = deny_error(failed[DENY])
         else:
-            if failed.stmt is not None:
-                failed.stmt.error = decode_error_fields(buf[pos + 5 : pos + size])
+            if stmt is not None:
+                stmt.error = decode_error_fields(buf[pos + 5 : pos + size])
             self._undo(failed)
-            if failed.kind == _PARSE and failed.stmt is not None and not failed.stmt.statement_name:
+            if kind == _PARSE and stmt is not None and not stmt.statement_name:
                 # PostgreSQL drops the unnamed statement before parsing the new one.
                 self._prepared.pop("", None)
             self._finish(failed, "error")
         discarded = []
-        while pending and pending[0].kind != _SYNC:
+        while pending and pending[0][KIND] != _SYNC:
             discarded.append(pending.popleft())
         for entry in reversed(discarded):
             self._undo(entry)
@@ -197,27 +221,28 @@ class ReplyTracker:
             self._finish(entry, "skipped")
         return replacement
 
-    def _undo(self, entry: _Pending) -> None:
-        if entry.undo is not None:
-            table, key, previous = entry.undo
+    def _undo(self, entry: tuple) -> None:
+        undo = entry[UNDO]
+        if undo is not None:
+            table, key, previous = undo
             if previous is _MISSING:
                 table.pop(key, None)
             else:
                 table[key] = previous
 
-    def _finish_ready(self, entry: _Pending) -> None:
-        stmt = entry.stmt
+    def _finish_ready(self, entry: tuple) -> None:
+        stmt = entry[STMT]
         if stmt is None:
             return
-        if entry.kind == _POISON_QUERY:
+        if entry[KIND] == _POISON_QUERY:
             self._finish(entry, "denied")
         elif stmt.status == "pending":
             self._finish(entry, "ok")
         else:
             self._finish(entry, stmt.status)
 
-    def _finish(self, entry: _Pending, status: str) -> None:
-        stmt = entry.stmt
+    def _finish(self, entry: tuple, status: str) -> None:
+        stmt = entry[STMT]
         if stmt is None:
             return
         if self._completed is None:

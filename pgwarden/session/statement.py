@@ -93,6 +93,7 @@ class Statement:
         "error",
         "status",
         "next_stage",
+        "decision",
     )
 
     def __init__(
@@ -102,12 +103,14 @@ class Statement:
         text: str | None,
         session: SessionInfo,
         request: int,
-        *,
         statement_name: str | None = None,
         portal_name: str | None = None,
         param_types: tuple[int, ...] = (),
         bind_body: tuple[bytes, int, int] | None = None,
     ) -> None:
+        # One is built for every Query, Parse and Execute: the relay passes all
+        # arguments by position (cheaper than keywords), and the defaults below
+        # are constants, so construction is a run of slot stores.
         self.kind = kind
         self.protocol = protocol
         self.text = text
@@ -127,6 +130,8 @@ class Statement:
         self.status = "pending"
         # Index of the first policy stage still to run (set by the pipeline on a hold).
         self.next_stage = 0
+        # What the guardrails decided and why (a pgwarden.policy.rules.Decision), for the recorder.
+        self.decision = None
 
     def _bind(self) -> messages.Bind | None:
         if self._bind_body is None:

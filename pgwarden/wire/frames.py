@@ -23,7 +23,7 @@ import struct
 
 from .constants import MAX_STARTUP_PACKET
 
-__all__ = ["FrameBuffer", "ProtocolViolation", "StartupBuffer", "unpack_int32", "unpack_int16"]
+__all__ = ["FrameBuffer", "ProtocolViolation", "StartupBuffer", "invalid_length", "unpack_int32", "unpack_int16", "unpack_uint32"]
 
 _I32 = struct.Struct("!i")
 _U32 = struct.Struct("!I")
@@ -58,13 +58,24 @@ class FrameBuffer:
         """Bytes received but not yet part of a complete frame."""
         return self._have
 
-    def feed(self, data: bytes) -> tuple[bytes, list[tuple[int, int, int]]]:
+    @property
+    def partial(self) -> bool:
+        """True while an unfinished message is buffered."""
+        return bool(self._chunks)
+
+    def feed(self, data: bytes, start: int = 0) -> tuple[bytes, list[tuple[int, int, int]]]:
         """Add received bytes; return the buffer and the complete frames in it.
 
         Each frame is ``(type, start, end)``: ``buf[start:end]`` is the whole
         message including its header, ``buf[start + 5:end]`` its body.
+        ``start`` skips bytes at the front of ``data`` that the caller already
+        handled (only when nothing is buffered): the relay's fast path splits
+        frames itself and hands over the rest of a chunk this way, without a copy.
         """
         if self._chunks:
+            if start:
+                data = data[start:]
+                start = 0
             self._chunks.append(bytes(data))
             self._have += len(data)
             if self._have < self._need:
@@ -75,7 +86,7 @@ class FrameBuffer:
         else:
             buf = data if isinstance(data, bytes) else bytes(data)
         frames: list[tuple[int, int, int]] = []
-        pos = 0
+        pos = start
         end = len(buf)
         unpack = unpack_uint32
         limit = self.max_size
@@ -83,10 +94,7 @@ class FrameBuffer:
         while end - pos >= 5:
             length = unpack(buf, pos + 1)[0]
             if length < 4 or length > limit:
-                raise ProtocolViolation(
-                    f"invalid message length {length} for message type {_show_type(buf[pos])}"
-                    + (f" (limit {limit})" if length > limit else "")
-                )
+                raise invalid_length(buf[pos], length, limit)
             stop = pos + 1 + length
             if stop > end:
                 need = 1 + length
@@ -146,6 +154,14 @@ class StartupBuffer:
     def take_rest(self) -> bytes:
         rest, self._buf = self._buf, b""
         return rest
+
+
+def invalid_length(t: int, length: int, limit: int) -> ProtocolViolation:
+    """The error for a frame header announcing an impossible length (shared with the relay's fast path)."""
+    return ProtocolViolation(
+        f"invalid message length {length} for message type {_show_type(t)}"
+        + (f" (limit {limit})" if length > limit else "")
+    )
 
 
 def _show_type(t: int) -> str:
