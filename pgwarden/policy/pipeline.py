@@ -47,27 +47,33 @@ class Pipeline:
         self._auth_hooks = tuple(s.authenticated for s in self.stages if callable(getattr(s, "authenticated", None)))
 
     def evaluate(self, statement: Statement, first_stage: int = 0) -> Verdict:
+        # Hot path: every statement passes here, and nearly every verdict is None.
+        index = first_stage
         checkers = self._checkers
-        rewritten: Rewrite | None = None
-        for index in range(first_stage, len(checkers)):
-            verdict = checkers[index](statement)
+        for check in checkers[first_stage:] if first_stage else checkers:
+            verdict = check(statement)
             if verdict is None or verdict.__class__ is Allow:
+                index += 1
                 continue
-            if isinstance(verdict, Rewrite):
-                statement.text = verdict.text
-                rewritten = verdict
-                continue
-            if isinstance(verdict, Hold):
-                statement.next_stage = index + 1
-                return verdict
-            if isinstance(verdict, Deny):
-                return verdict
-            return Deny(
-                f"pgwarden: stage {self.stages[index].name!r} returned an invalid verdict",
-                SQLState.INTERNAL_ERROR,
-                rule="pipeline.invalid_verdict",
-            )
-        return rewritten if rewritten is not None else ALLOW
+            return self._resolve(statement, verdict, index)
+        return ALLOW
+
+    def _resolve(self, statement: Statement, verdict: Verdict, index: int) -> Verdict:
+        """A stage said something other than allow: apply it, continuing after a Rewrite."""
+        if isinstance(verdict, Rewrite):
+            statement.text = verdict.text
+            rest = self.evaluate(statement, index + 1)
+            return verdict if rest.__class__ is Allow else rest
+        if isinstance(verdict, Hold):
+            statement.next_stage = index + 1
+            return verdict
+        if isinstance(verdict, Deny):
+            return verdict
+        return Deny(
+            f"pgwarden: stage {self.stages[index].name!r} returned an invalid verdict",
+            SQLState.INTERNAL_ERROR,
+            rule="pipeline.invalid_verdict",
+        )
 
     @property
     def wants_completion(self) -> bool:

@@ -45,13 +45,11 @@ class Analyzer:
         self.max_length = max_length
         self._exact: dict[str, Analysis] = {}
         self._shapes: OrderedDict[str, Analysis] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
+        self.misses = 0  # statements parsed and walked (cache misses)
 
     def analyze(self, text: str) -> Analysis:
         found = self._exact.get(text)
         if found is not None:
-            self.hits += 1
             return found
         if len(text) > self.max_length:
             return Analysis(
@@ -76,7 +74,6 @@ class Analyzer:
             found = shapes.get(key)
             if found is not None:
                 shapes.move_to_end(key)
-                self.hits += 1
                 return found
         self.misses += 1
         analysis = analyze_uncached(text)
