@@ -209,3 +209,30 @@ def test_every_decision_is_logged_with_rule_and_classification(guarded, caplog):
     assert refused.tables == ["gr.items"]
     allowed = records["default"]
     assert allowed.decision == "allow" and allowed.classification == "read"
+
+
+def test_huge_and_deep_statements_are_refused_or_analysed_without_stalling_others(guarded, caplog):
+    """A large statement is analysed off the event loop (a hold of its own session only);
+    too long and too deep ones are refused with the fitting SQLSTATE."""
+    import logging
+    import time
+
+    caplog.set_level(logging.INFO)
+    big = "SELECT 1 FROM gr.items WHERE name IN (" + ", ".join(f"'n{i}'" for i in range(20_000)) + ")"
+    assert 100_000 < len(big) < 1024 * 1024
+    with connect(guarded, autocommit=True) as conn, connect(guarded, autocommit=True) as other:
+        assert conn.execute(big).fetchall() == []  # allowed, and it runs
+        assert other.execute("SELECT 1").fetchone() == (1,)
+        with pytest.raises(errors.ProgramLimitExceeded) as info:
+            conn.execute("SELECT " + "1+" * 600_000 + "1")  # over max_statement_length
+        assert "guardrails.too_long" in info.value.diag.message_primary
+        with pytest.raises((errors.StatementTooComplex, errors.SyntaxError)) as info:
+            conn.execute("SELECT " + "(" * 50_000 + "1" + ")" * 50_000)
+        assert info.value.diag.message_primary.startswith("pgwarden:")
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(
+        "analysing a large statement" in r.getMessage() for r in caplog.records
+    ):
+        time.sleep(0.05)
+    assert any("analysing a large statement" in r.getMessage() for r in caplog.records)

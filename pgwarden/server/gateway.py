@@ -80,7 +80,9 @@ class Gateway:
         if config.roles or config.identity.enabled:
             # Token and API-key sessions can never change their role or lift
             # read-only, whatever stages a caller chose.
-            chosen.insert(0, IdentityGuardStage())
+            # The guardrails stage runs the same checks on its own analysis.
+            if not any(isinstance(stage, GuardrailsStage) for stage in chosen):
+                chosen.insert(0, IdentityGuardStage())
         self.pipeline = Pipeline(chosen)
         self.client_tls_context = None
         tls = config.listen.tls

@@ -93,7 +93,9 @@ def check_statement(
         info.extra["access"] = access
     statement = Statement(Kind.QUERY, Protocol.SIMPLE, sql, info, 1)
     analysis = analyzer.analyze(sql)
-    verdict = IdentityGuardStage(analyzer).check(statement) if role is not None else None
+    # Without the guardrails stage the gateway runs the identity guard on its own.
+    verdict = IdentityGuardStage(analyzer).check(statement) if role is not None and not config.guardrails.enabled \
+        else None
     if verdict is None and config.guardrails.enabled:
         stage = GuardrailsStage(config, analyzer, policy)
         stage.now = at

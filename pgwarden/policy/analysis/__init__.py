@@ -84,6 +84,14 @@ class Analyzer:
         self._remember_exact(text, analysis)
         return analysis
 
+    def known(self, text: str) -> Analysis | None:
+        """The cached analysis of exactly this text, if any (no parsing)."""
+        return self._exact.get(text)
+
+    def remember(self, text: str, analysis: Analysis) -> None:
+        """Cache an analysis computed elsewhere (e.g. in a worker thread) for this exact text."""
+        self._remember_exact(text, analysis)
+
     def _remember_exact(self, text: str, analysis: Analysis) -> None:
         exact = self._exact
         exact[text] = analysis

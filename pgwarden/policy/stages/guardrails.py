@@ -24,22 +24,27 @@ attached to the statement (``statement.decision``) for the recorder and logs.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from typing import Any
 
 from ...config import Config
 from ...session.statement import Kind, SessionInfo, Statement
-from ...session.verdict import Deny
+from ...session.verdict import ALLOW as ALLOW_VERDICT
+from ...session.verdict import Deny, Hold
 from ...wire.constants import SQLState
-from ..analysis import Analyzer, StatementFacts, error_rule
-from ..rules import ALLOW, REVIEW, Decision, Policy, SessionContext, parse_search_path
+from ..analysis import Analyzer, StatementFacts, analyze_uncached, error_rule
+from ..rules import ALLOW, DENY, REVIEW, Decision, Policy, SessionContext, parse_search_path
+from .identity_guard import identity_refusal
 
 __all__ = ["GuardrailsStage", "session_context"]
 
 log = logging.getLogger("pgwarden.guardrails")
 
 _STATE_KEY = "guardrails"
+# Statements at least this long (and not cached) are analysed in a worker thread.
+BACKGROUND_ANALYSIS_LENGTH = 32 * 1024
 _UNDEFINED_PREPARED = "26000"
 
 
@@ -120,8 +125,9 @@ class GuardrailsStage:
         text = statement.text
         state = statement.session.extra.get(_STATE_KEY)
         if text is not None and state is not None:
-            analysis = self.analyzer.analyze(text)
-            cached = state.decisions.get(id(analysis))
+            analyzer = self.analyzer
+            analysis = analyzer.analyze(text) if len(text) < BACKGROUND_ANALYSIS_LENGTH else analyzer.known(text)
+            cached = state.decisions.get(id(analysis)) if analysis is not None else None
             if cached is not None and cached[0] is analysis:
                 decision = cached[1]
                 statement.decision = decision
@@ -143,6 +149,9 @@ class GuardrailsStage:
                     hint="Prepare statements with Parse or PREPARE through pgwarden.",
                 )
             return self._verdict(statement, self.policy.decide((facts,), state.ctx, self.now))
+        if len(text) >= BACKGROUND_ANALYSIS_LENGTH and self.analyzer.known(text) is None \
+                and len(text) <= self.analyzer.max_length:
+            return self._hold_for_analysis(statement, text)
         analysis = self.analyzer.analyze(text)
         if analysis.error is not None:
             return self._analysis_error(statement, analysis)
@@ -180,7 +189,9 @@ class GuardrailsStage:
                     resolved.append(prepared)
                 statements = tuple(resolved)
                 cacheable = False
-            decision = self.policy.decide(statements, state.ctx, self.now)
+            decision = self._identity_decision(statement, analysis.statements, statements)
+            if decision is None:
+                decision = self.policy.decide(statements, state.ctx, self.now)
             if cacheable and not _has_session_effects(analysis.statements):
                 decisions = state.decisions
                 if len(decisions) >= 1024:
@@ -189,6 +200,35 @@ class GuardrailsStage:
         if decision.action == ALLOW:
             self._apply_effects(state, statement, analysis.statements)
         return self._verdict(statement, decision)
+
+    @staticmethod
+    def _identity_decision(statement: Statement, written, resolved) -> Decision | None:
+        """The identity guard's refusal for token sessions (role fixed, read-only kept), if any."""
+        extra = statement.session.extra
+        if "identity" not in extra:
+            return None
+        read_only = extra.get("access") == "read"
+        refusal = identity_refusal(written, read_only) or identity_refusal(resolved, read_only)
+        if refusal is None:
+            return None
+        rule, message, hint = refusal
+        return Decision(DENY, rule, message, hint, facts=tuple(written))
+
+    def _hold_for_analysis(self, statement: Statement, text: str) -> Hold:
+        """Analyse a large statement off the event loop; only this session waits.
+
+        Parsing and walking hundreds of kilobytes of SQL takes long enough to
+        stall every other session; a worker thread does it (the caches are
+        updated back on the event loop), then the statement is decided as usual.
+        """
+
+        async def wait():
+            analysis = await asyncio.to_thread(analyze_uncached, text)
+            self.analyzer.remember(text, analysis)
+            verdict = self.check(statement)
+            return ALLOW_VERDICT if verdict is None else verdict
+
+        return Hold(wait, reason="analysing a large statement", rule="guardrails.analysis")
 
     def _verdict(self, statement: Statement, decision: Decision) -> Deny | None:
         statement.decision = decision
