@@ -451,3 +451,32 @@ class Relay(ClientFastPath, ReplyTracker):
 
     def pending_statements(self) -> list[Statement]:
         return [e[STMT] for e in self._pending if e[STMT] is not None]
+
+
+# ------------------------------------------------------- compiled accelerator
+#
+# ``_speedups`` (optional, Cython) holds compiled twins of the two hottest loops,
+# ClientFastPath.client_data and ReplyTracker.server_data. When it is built they
+# replace those methods on Relay; the mixins keep the pure-Python methods, which
+# remain the specification (tests/test_speedups.py checks the two agree).
+# PGWARDEN_PURE_PYTHON=1 (any value but "" or "0") forces the Python loops.
+
+
+def _load_speedups():
+    import os
+
+    if os.environ.get("PGWARDEN_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from . import _speedups
+    except ImportError:  # not built (no C compiler), or out of step with replies.py
+        return None
+    return _speedups
+
+
+_speedups = _load_speedups()
+#: True when Relay uses the compiled loops (pgwarden.session._speedups).
+ACCELERATED = _speedups is not None
+if _speedups is not None:
+    Relay.client_data = _speedups.client_data  # type: ignore[method-assign]
+    Relay.server_data = _speedups.server_data  # type: ignore[method-assign]
