@@ -176,3 +176,30 @@ def test_read_only_pack_vets_functions_and_watches_the_search_path(config):
     placed = decide(config, "SELECT lower('x')", "agent", search_path="public, pg_catalog")
     assert placed.rule == "read-only.functions"
     assert decide(config, "SELECT set_config('work_mem', '1MB', false)", "agent").rule == "read-only.settings"
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        ("SELECT * FROM t1", "SELECT * FROM t2"),  # digits in identifiers
+        ("SELECT * FROM é1", "SELECT * FROM é2"),  # after a non-ASCII identifier character
+        ("SELECT * FROM €1", "SELECT * FROM €2"),
+        ('SELECT * FROM "1"', 'SELECT * FROM "2"'),  # quoted identifiers
+        ("SELECT $1::int FROM a", "SELECT $2::int FROM a"),  # parameters
+        ("FETCH 5 FROM c", "FETCH 12345678901 FROM c"),  # integer vs numeric
+        ("SELECT set_config('a1', 'x', false)", "SELECT set_config('a2', 'x', false)"),
+    ],
+)
+def test_masked_numbers_never_stand_for_different_objects(first, second):
+    analyzer = Analyzer()
+    a, b = analyzer.analyze(first), analyzer.analyze(second)
+    assert a is not b
+    assert b.statements == analyze_uncached(second).statements or b.error == analyze_uncached(second).error
+
+
+def test_masked_numbers_share_one_analysis_for_inlined_literals():
+    analyzer = Analyzer()
+    first = analyzer.analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 1 AND x > 2.5 LIMIT 10")
+    misses = analyzer.misses
+    again = analyzer.analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 987 AND x > 0.25 LIMIT 3")
+    assert again is first and analyzer.misses == misses

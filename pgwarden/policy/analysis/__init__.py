@@ -4,11 +4,13 @@
 part, walking the parse tree, happens once per statement *shape*:
 
 1. an exact-text lookup (a repeated prepared statement costs one dict lookup);
-2. otherwise the text is normalised by libpg_query (constants become ``$n``,
+2. otherwise, for a short text without quoted identifiers, a lookup by the text
+   with its numbers masked (see below);
+3. otherwise the text is normalised by libpg_query (constants become ``$n``,
    about 2 µs) and looked up by that: clients in simple-query mode inline their
    literals, so ``pgbench -S`` sends a different text every time but always the
    same normalised one;
-3. otherwise it is parsed and walked, and cached under both keys.
+4. otherwise it is parsed and walked, and cached under all keys.
 
 Why the normalised text and not pglast's 64-bit fingerprint: a fingerprint is a
 hash, and a hostile client that found a collision could make a ``DROP`` look
@@ -17,11 +19,24 @@ text except for the constants, so they have the same parse tree except for the
 constants' values. An analysis that read a constant's value (``SET``,
 ``set_config('role', …)``) is marked literal-dependent and only ever reused for
 the identical text.
+
+The masked-number key (step 2) saves the normalisation (a full parse inside
+libpg_query) for the commonest case, a client inlining numbers. It replaces each
+run of ASCII digits that is not part of a word (a letter, digit, ``_``, ``$`` or
+any non-ASCII character before it: identifiers, ``$1`` parameters) by ``0``.
+It is only used for texts without a double quote, where such a run can only be
+inside a numeric constant, a string, or a comment. Runs of 10 or more digits
+are left as they are, so a number never changes between integer and numeric
+(where the grammar accepts only one). A masked key is registered once per
+shape and only after checking that the masked text normalises exactly as the
+original did, so every masked digit was inside a constant that normalisation
+ignores anyway.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
 
 from pglast import parser as _pg
@@ -37,6 +52,12 @@ STATEMENT_TOO_COMPLEX = "54001"
 PROGRAM_LIMIT_EXCEEDED = "54000"
 
 
+# A run of 1-9 ASCII digits not preceded by anything PostgreSQL would read as part
+# of an identifier or a parameter.
+_NUMBER_RUN = re.compile(r"(?<![A-Za-z0-9_$\x80-\U0010ffff])[0-9]{1,9}(?![0-9])")
+_MASK_MAX_LENGTH = 4096
+
+
 class Analyzer:
     """A bounded, two-level analysis cache in front of the parser."""
 
@@ -45,12 +66,19 @@ class Analyzer:
         self.max_length = max_length
         self._exact: dict[str, Analysis] = {}
         self._shapes: OrderedDict[str, Analysis] = OrderedDict()
+        self._masked: dict[str, Analysis] = {}
         self.misses = 0  # statements parsed and walked (cache misses)
 
     def analyze(self, text: str) -> Analysis:
         found = self._exact.get(text)
         if found is not None:
             return found
+        masked = None
+        if len(text) <= _MASK_MAX_LENGTH and '"' not in text:
+            masked = _NUMBER_RUN.sub("0", text)
+            found = self._masked.get(masked)
+            if found is not None:
+                return found
         if len(text) > self.max_length:
             return Analysis(
                 (),
@@ -74,6 +102,8 @@ class Analyzer:
             found = shapes.get(key)
             if found is not None:
                 shapes.move_to_end(key)
+                if masked is not None:
+                    self._remember_masked(masked, key, found)
                 return found
         self.misses += 1
         analysis = analyze_uncached(text)
@@ -81,8 +111,24 @@ class Analyzer:
             self._shapes[key] = analysis
             if len(self._shapes) > self.cache_size:
                 self._shapes.popitem(last=False)
+            if masked is not None:
+                self._remember_masked(masked, key, analysis)
         self._remember_exact(text, analysis)
         return analysis
+
+    def _remember_masked(self, masked: str, key: str, analysis: Analysis) -> None:
+        """Register the masked-number key, if masking touched nothing but constants."""
+        if masked in self._masked:
+            return
+        try:
+            same = _pg.normalize(masked) == key
+        except Exception:
+            same = False
+        if same:
+            table = self._masked
+            table[masked] = analysis
+            if len(table) > self.cache_size:
+                del table[next(iter(table))]
 
     def known(self, text: str) -> Analysis | None:
         """The cached analysis of exactly this text, if any (no parsing)."""
@@ -100,6 +146,7 @@ class Analyzer:
 
     def clear(self) -> None:
         self._exact.clear()
+        self._masked.clear()
         self._shapes.clear()
 
 
