@@ -625,3 +625,17 @@ def test_protocol_violations_match():
         assert a["error"] is not None, data
         if which == "client" or data[:1] == b"C":
             assert a["error"][0] == ProtocolViolation.__name__
+
+
+def test_mask_numbers_matches_the_regular_expression():
+    """The analysis cache's masked-number key: the compiled twin equals the regex on any text."""
+    from pgwarden.policy.analysis import _NUMBER_RUN
+
+    rng = random.Random(7)
+    alphabet = "0123456789aZ_$ .é€\"'-+e\n/*;"
+    for _ in range(50_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        assert _speedups.mask_numbers(text) in (None, _NUMBER_RUN.sub("0", text)), text
+        if text.isascii():
+            assert _speedups.mask_numbers(text) == _NUMBER_RUN.sub("0", text), text
+    assert _speedups.mask_numbers("aid = 1234567890 AND b = 7") == "aid = 1234567890 AND b = 0"

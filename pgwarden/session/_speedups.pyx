@@ -410,3 +410,51 @@ def client_data(self, data):
             # the chunk before reading any message: report that one first.
             _check_headers(p, pos, end, climit, limit)
         raise
+
+
+# ---------------------------------------------------------------- analysis key
+
+cdef inline bint _word_char(unsigned char c) noexcept nogil:
+    # What may precede a digit inside an identifier or a $n parameter.
+    return (c >= 48 and c <= 57) or (c >= 65 and c <= 90) or (c >= 97 and c <= 122) or c == 95 or c == 36 or c >= 128
+
+
+def mask_numbers(str text):
+    """Compiled twin of ``policy.analysis._NUMBER_RUN.sub("0", text)`` for ASCII text.
+
+    Returns None for text that is not ASCII (the caller then uses the regular
+    expression). Runs of 1-9 ASCII digits not preceded by a word character,
+    ``$`` or a non-ASCII character become ``0``; longer runs, and runs inside
+    words, are kept. tests/test_speedups.py checks it against the regex.
+    """
+    if not text.isascii():
+        return None
+    cdef bytes raw = text.encode("ascii")
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
+    cdef bytearray out = bytearray(n)
+    cdef unsigned char* o = <unsigned char*>(<char*>out)
+    cdef Py_ssize_t i = 0, j, k = 0
+    cdef unsigned char c, prev = 0
+    while i < n:
+        c = p[i]
+        if c >= 48 and c <= 57 and not _word_char(prev):
+            j = i
+            while j < n and p[j] >= 48 and p[j] <= 57:
+                j += 1
+            if j - i <= 9:
+                o[k] = 48
+                k += 1
+            else:
+                while i < j:
+                    o[k] = p[i]
+                    k += 1
+                    i += 1
+            prev = p[j - 1]
+            i = j
+            continue
+        o[k] = c
+        k += 1
+        prev = c
+        i += 1
+    return (<char*>o)[:k].decode("ascii")

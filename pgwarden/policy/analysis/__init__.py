@@ -58,6 +58,31 @@ _NUMBER_RUN = re.compile(r"(?<![A-Za-z0-9_$\x80-\U0010ffff])[0-9]{1,9}(?![0-9])"
 _MASK_MAX_LENGTH = 4096
 
 
+def _mask_numbers_python(text: str) -> str:
+    return _NUMBER_RUN.sub("0", text)
+
+
+def _load_mask():
+    """The compiled twin (pgwarden.session._speedups) when it is built, else the regex."""
+    import os
+
+    if os.environ.get("PGWARDEN_PURE_PYTHON", "") not in ("", "0"):
+        return _mask_numbers_python
+    try:
+        from ...session._speedups import mask_numbers
+    except ImportError:
+        return _mask_numbers_python
+
+    def mask(text: str) -> str:
+        masked = mask_numbers(text)
+        return _NUMBER_RUN.sub("0", text) if masked is None else masked
+
+    return mask
+
+
+mask_numbers = _load_mask()
+
+
 class Analyzer:
     """A bounded, two-level analysis cache in front of the parser."""
 
@@ -75,7 +100,7 @@ class Analyzer:
             return found
         masked = None
         if len(text) <= _MASK_MAX_LENGTH and '"' not in text:
-            masked = _NUMBER_RUN.sub("0", text)
+            masked = mask_numbers(text)
             found = self._masked.get(masked)
             if found is not None:
                 return found
