@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .config_audit import AuditConfig
 from .config_guardrails import GuardrailsConfig, RolePolicy
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "RoleConfig",
     "RoleBinding",
     "GuardrailsConfig",
+    "AuditConfig",
     "load_config",
     "parse_config",
     "SAFE_STARTUP_PARAMETERS",
@@ -283,6 +285,7 @@ class Config(_Strict):
     roles: dict[str, RoleConfig] = {}
     role_bindings: list[RoleBinding] = []
     guardrails: GuardrailsConfig = GuardrailsConfig()
+    audit: AuditConfig = AuditConfig()
     # Extra startup parameters clients may pass through (lower-case names).
     forward_startup_parameters: list[str] = []
     data_dir: Path | None = None
@@ -324,6 +327,13 @@ class Config(_Strict):
             if user.name == name:
                 return user
         return None
+
+    @property
+    def audit_enabled(self) -> bool:
+        """Whether sessions are recorded (see pgwarden.config_audit)."""
+        if self.audit.enabled is not None:
+            return self.audit.enabled
+        return self.data_dir is not None or self.audit.store.type == "postgres" or self.audit.store.path.is_absolute()
 
     @property
     def safe_startup_parameters(self) -> frozenset[str]:
@@ -372,8 +382,10 @@ def parse_config(data: object, base_dir: Path | None = None) -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
-    if base_dir is not None:
-        config = _resolve_paths(config, base_dir)
+    if base_dir is not None or config.data_dir is not None:
+        # Files named relative to the data directory (the audit trail, keys) must
+        # land there even for a config built in code.
+        config = _resolve_paths(config, base_dir or Path.cwd())
     return config
 
 
@@ -398,6 +410,20 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     identity = config.identity.model_copy(
         update={"dev_issuer": dev, "api_keys_file": keys_file, "control_file": control_file}
     )
+    audit = config.audit
+    store_path = audit.store.path if audit.store.path.is_absolute() else dev_base / audit.store.path
+    key_file = audit.checkpoints.key_file
+    key_file = key_file if key_file.is_absolute() else dev_base / key_file
+    sinks = audit.sinks
+    if sinks.jsonl is not None:
+        sinks = sinks.model_copy(update={"jsonl": sinks.jsonl.model_copy(update={"path": fix(sinks.jsonl.path)})})
+    audit = audit.model_copy(
+        update={
+            "store": audit.store.model_copy(update={"path": store_path}),
+            "checkpoints": audit.checkpoints.model_copy(update={"key_file": key_file}),
+            "sinks": sinks,
+        }
+    )
     return config.model_copy(
         update={
             "listen": listen,
@@ -405,6 +431,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             "logging": logging_cfg,
             "data_dir": fix(config.data_dir),
             "identity": identity,
+            "audit": audit,
         }
     )
 
