@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..session.statement import AuthEvent, SessionInfo, Statement
 from ..session.verdict import ALLOW, Allow, Deny, Hold, Rewrite, Verdict
@@ -38,13 +38,22 @@ class Stage(Protocol):
 
 
 class Pipeline:
-    def __init__(self, stages: Sequence[Stage]) -> None:
+    def __init__(self, stages: Sequence[Stage], recorder: Any = None) -> None:
         self.stages: tuple[Stage, ...] = tuple(stages)
         self._checkers = tuple(s.check for s in self.stages)
-        self._completers = tuple(s.completed for s in self.stages if callable(getattr(s, "completed", None)))
-        self._starters = tuple(s.session_started for s in self.stages if callable(getattr(s, "session_started", None)))
-        self._enders = tuple(s.session_ended for s in self.stages if callable(getattr(s, "session_ended", None)))
-        self._auth_hooks = tuple(s.authenticated for s in self.stages if callable(getattr(s, "authenticated", None)))
+        # The recorder sees every statement's final verdict (and may change it to a
+        # refusal while the audit trail is down), then its completion, last.
+        self.recorder = recorder
+        hooks: list[Any] = list(self.stages) + ([recorder] if recorder is not None else [])
+        if recorder is not None:
+            self._plain_evaluate = self.evaluate
+            self.evaluate = self._evaluate_recorded  # type: ignore[method-assign]
+        self._completers = tuple(s.completed for s in hooks if callable(getattr(s, "completed", None)))
+        # The recorder's connect record comes first, its disconnect record last.
+        starters = ([recorder] if recorder is not None else []) + list(self.stages)
+        self._starters = tuple(s.session_started for s in starters if callable(getattr(s, "session_started", None)))
+        self._enders = tuple(s.session_ended for s in hooks if callable(getattr(s, "session_ended", None)))
+        self._auth_hooks = tuple(s.authenticated for s in hooks if callable(getattr(s, "authenticated", None)))
 
     def evaluate(self, statement: Statement, first_stage: int = 0) -> Verdict:
         # Hot path: every statement passes here, and nearly every verdict is None.
@@ -58,11 +67,17 @@ class Pipeline:
             return self._resolve(statement, verdict, index)
         return ALLOW
 
+    def _evaluate_recorded(self, statement: Statement, first_stage: int = 0) -> Verdict:
+        verdict = self._plain_evaluate(statement, first_stage)
+        if verdict.__class__ is Hold:
+            return verdict  # recorded once it resolves
+        return self.recorder.decided(statement, verdict)
+
     def _resolve(self, statement: Statement, verdict: Verdict, index: int) -> Verdict:
         """A stage said something other than allow: apply it, continuing after a Rewrite."""
         if isinstance(verdict, Rewrite):
             statement.text = verdict.text
-            rest = self.evaluate(statement, index + 1)
+            rest = Pipeline.evaluate(self, statement, index + 1)
             return verdict if rest.__class__ is Allow else rest
         if isinstance(verdict, Hold):
             statement.next_stage = index + 1

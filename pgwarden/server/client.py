@@ -45,7 +45,8 @@ _MAX_QUEUED = 16 * 1024 * 1024  # client bytes queued behind a hold before reads
 class ClientConnection(asyncio.Protocol):
     def __init__(self, gateway: "Gateway") -> None:
         self.gateway = gateway
-        self.id = secrets.token_hex(4)
+        # 64 bits: ids must stay unique across gateways sharing one audit trail.
+        self.id = secrets.token_hex(8)
         self.transport: asyncio.Transport | None = None
         self.phase = "HANDSHAKE"
         self.peer: str | None = None
@@ -66,6 +67,10 @@ class ClientConnection(asyncio.Protocol):
         self._tasks: set[asyncio.Task] = set()
         self._hold_cancel = None
         self._log = SessionLogger(log, {"session": self.id})
+        # Write-ahead audit: output to PostgreSQL parked until its records are durable.
+        self._audit = gateway.audit_writer
+        self._parked: list[bytes] = []
+        self._parked_entries = 0  # relay pending entries behind the parked bytes
 
     # ------------------------------------------------------------ lifecycle
 
@@ -121,6 +126,9 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
         self.gateway.unregister(self)
+        if self._audit is not None:
+            self._audit.ungate(self)
+            self._parked.clear()
         if previous in ("RELAY",) and self.info is not None:
             self.gateway.session_ended(self)
             self.gateway.pipeline.session_ended(self.info, self.close_reason)
@@ -168,6 +176,8 @@ class ClientConnection(asyncio.Protocol):
         relay = self.relay
         if relay is not None and self.phase == "RELAY":
             # The hot path: one relay call, one write upstream.
+            audit = self._audit
+            before = len(relay._pending) if audit is not None else 0
             try:
                 relay.client_data(data)
             except Exception as exc:
@@ -175,8 +185,12 @@ class ClientConnection(asyncio.Protocol):
                 return
             out = relay.to_server
             if out:
-                self._upstream_write(out[0] if len(out) == 1 else b"".join(out))
+                chunk = out[0] if len(out) == 1 else b"".join(out)
                 out.clear()
+                if audit is not None and (self._parked or self.info.audit_ticket > audit.durable):
+                    self._audited_write(chunk, len(relay._pending) - before)
+                else:
+                    self._upstream_write(chunk)
             if relay.commands or relay.held or self._pauses or self.draining:
                 self._flush()
             return
@@ -391,7 +405,11 @@ class ClientConnection(asyncio.Protocol):
             pipeline.completed if pipeline.wants_completion else None,
             max_message_size=self.gateway.config.listen.max_message_size,
             rewrite_parameter=self._rewrite_parameter,
+            capturing=self.gateway.recorder is not None and self.gateway.recorder.results,
         )
+        if self.gateway.recorder is not None:
+            recorder, session_id = self.gateway.recorder, self.id
+            self.relay.notice_hook = lambda body: recorder.notice(session_id, body)
         self.backend_key = self.gateway.issue_backend_key(self)
         out = [encode.auth_ok()]
         for name, value in hs.server_params.items():
@@ -510,13 +528,18 @@ class ClientConnection(asyncio.Protocol):
         self._log.error("internal error handling upstream data", exc_info=exc)
         self._fatal(SQLState.INTERNAL_ERROR, "pgwarden internal error; the session was closed", f"bug: {exc!r}")
 
-    def _flush(self) -> None:
+    def _flush(self, entries: int = 0) -> None:
         relay = self.relay
         assert relay is not None
         to_server, to_client, commands = relay.to_server, relay.to_client, relay.commands
         if to_server:
-            self.upstream.write(to_server[0] if len(to_server) == 1 else b"".join(to_server))  # type: ignore[union-attr]
+            chunk = to_server[0] if len(to_server) == 1 else b"".join(to_server)
             to_server.clear()
+            audit = self._audit
+            if audit is not None and (self._parked or self.info.audit_ticket > audit.durable):  # type: ignore[union-attr]
+                self._audited_write(chunk, entries)
+            else:
+                self.upstream.write(chunk)  # type: ignore[union-attr]
         if to_client:
             self.transport.write(to_client[0] if len(to_client) == 1 else b"".join(to_client))  # type: ignore[union-attr]
             to_client.clear()
@@ -556,15 +579,78 @@ class ClientConnection(asyncio.Protocol):
         if self.phase != "RELAY" or self.relay is None or not self.relay.held:
             return
         self._hold_cancel = None
+        before = len(self.relay._pending)
         self.relay.resume(verdict)
         if not self.relay.held:
             self.resume_client_reading("hold")
+        self._flush(len(self.relay._pending) - before)
+
+    # ------------------------------------------------------------ write-ahead audit
+
+    def _audited_write(self, chunk: bytes, entries: int) -> None:
+        """``chunk`` carries statements whose records are not durable yet.
+
+        With a store that can commit synchronously (the SQLite journal: one
+        ``write()``), commit now, one group commit for everything this chunk and
+        every other session queued, and send at once; otherwise park the chunk
+        until the writer's batch is durable."""
+        audit = self._audit
+        if not self._parked and audit.inline:  # type: ignore[union-attr]
+            audit.flush_now()  # type: ignore[union-attr]
+            if self.info.audit_ticket <= audit.durable:  # type: ignore[union-attr]
+                self.upstream.write(chunk)  # type: ignore[union-attr]
+                return
+        self._park(chunk, entries)
+        if audit.failed is not None and audit.inline:  # type: ignore[union-attr]
+            self.audit_failed()
+
+    def _park(self, chunk: bytes, entries: int) -> None:
+        """Hold output to PostgreSQL until the audit writer has made its records durable."""
+        if not self._parked:
+            self._audit.gate(self)  # type: ignore[union-attr]
+        self._parked.append(chunk)
+        self._parked_entries += entries
+        if sum(map(len, self._parked)) > _MAX_QUEUED:
+            self.pause_client_reading("audit")
+
+    def audit_released(self) -> None:
+        """The writer made this session's records durable: send what was parked."""
+        if not self._parked:
+            return
+        data = b"".join(self._parked)
+        self._parked.clear()
+        self._parked_entries = 0
+        if self.phase == "RELAY" and self.upstream is not None and not self.upstream.closed:
+            self._upstream_write(data)
+        self.resume_client_reading("audit")
+
+    def audit_failed(self) -> None:
+        """The audit store failed with output parked: refuse it (or, if so configured, send it)."""
+        if not self._parked or self.phase != "RELAY" or self.relay is None:
+            return
+        if not self.gateway.recorder.refuse:  # type: ignore[union-attr]
+            self._log.error("audit trail unavailable: forwarding unrecorded statements (on_audit_failure: allow_and_alert)",
+                            extra={"event": "audit_bypassed"})
+            self.audit_released()
+            return
+        from ..policy.stages.recorder import AUDIT_DENY
+
+        self._parked.clear()
+        entries, self._parked_entries = self._parked_entries, 0
+        replacement = self.relay.refuse_unsent(entries, AUDIT_DENY)
+        self._log.warning("audit trail unavailable: refused %d parked message(s)", entries,
+                          extra={"event": "refused", "rule": "audit.unavailable"})
+        if replacement and self.upstream is not None and not self.upstream.closed:
+            self._upstream_write(replacement)
+        self.resume_client_reading("audit")
         self._flush()
 
     # ------------------------------------------------------------ cancel & shutdown
 
-    def cancel(self) -> None:
+    def cancel(self, client: str | None = None) -> None:
         """A valid CancelRequest for this session arrived."""
+        if self.gateway.recorder is not None and self.phase == "RELAY":
+            self.gateway.recorder.cancelled(self.id, client, bool(self.relay is not None and self.relay.held))
         if self.relay is not None and self.relay.held:
             for task in list(self._tasks):
                 if task.get_name().startswith("hold["):

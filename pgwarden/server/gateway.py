@@ -53,6 +53,35 @@ def default_stages(config: Config) -> list[Stage]:
     return stages
 
 
+def build_recorder(config: Config, gateway_id: str):
+    """The audit writer and recorder for ``config`` (the store is opened by ``writer.start``)."""
+    from ..policy.stages.recorder import Recorder
+    from ..store import store_for
+    from ..store.signing import load_or_create_signer
+    from ..store.writer import AuditWriter
+
+    audit = config.audit
+    sinks = None
+    if audit.sinks.syslog is not None or audit.sinks.jsonl is not None:
+        import socket
+
+        from ..store.sinks import AuditSinks
+
+        sinks = AuditSinks(audit.sinks, socket.gethostname())
+    writer = AuditWriter(
+        store_for(config),
+        load_or_create_signer(audit.checkpoints.key_file),
+        gateway_id=gateway_id,
+        max_batch=audit.max_batch,
+        max_backlog=audit.max_backlog,
+        checkpoint_records=audit.checkpoints.every_records,
+        checkpoint_seconds=audit.checkpoints.every_seconds,
+        sinks=sinks,
+        refuse_on_failure=audit.on_audit_failure == "refuse",
+    )
+    return writer, Recorder(writer, audit)
+
+
 def install_uvloop() -> bool:
     """Use uvloop when it is installed (it roughly halves per-message loop overhead)."""
     try:
@@ -83,7 +112,13 @@ class Gateway:
             # The guardrails stage runs the same checks on its own analysis.
             if not any(isinstance(stage, GuardrailsStage) for stage in chosen):
                 chosen.insert(0, IdentityGuardStage())
-        self.pipeline = Pipeline(chosen)
+        # Session recording (docs/audit.md): the writer and the recorder, when enabled.
+        self.gateway_id = secrets.token_hex(6)
+        self.audit_writer = None
+        self.recorder = None
+        if config.audit_enabled:
+            self.audit_writer, self.recorder = build_recorder(config, self.gateway_id)
+        self.pipeline = Pipeline(chosen, self.recorder)
         self.client_tls_context = None
         tls = config.listen.tls
         if tls.mode != "disable":
@@ -152,7 +187,7 @@ class Gateway:
             return
         conn = entry[1]
         log.info("cancel request", extra={"session": conn.id, "event": "cancel"})
-        conn.cancel()
+        conn.cancel(peer)
 
     def forward_cancel(self, target_name: str, pid: int, secret: int) -> None:
         target = self.config.targets[target_name]
@@ -169,6 +204,15 @@ class Gateway:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         listen = self.config.listen
+        if self.audit_writer is not None:
+            # Fail closed: no audit trail, no gateway.
+            await self.audit_writer.start()
+        else:
+            log.warning(
+                "session recording is off (no data_dir and no audit store configured, or audit.enabled: false): "
+                "statements are forwarded unrecorded",
+                extra={"event": "audit_disabled"},
+            )
         self._server = await loop.create_server(
             lambda: ClientConnection(self), listen.host, listen.port, reuse_address=True, backlog=1024
         )
@@ -209,6 +253,8 @@ class Gateway:
             await self._server.wait_closed()
         if self.control_plane is not None:
             await self.control_plane.stop()
+        if self.audit_writer is not None:
+            await self.audit_writer.stop()
         for task in list(self._background):
             task.cancel()
         self.stopped.set()

@@ -116,7 +116,7 @@ def server_data(self, data):
     """Mirrors ``ReplyTracker.server_data`` (replies.py) line by line."""
     cdef bytes buf
     cdef const unsigned char* p
-    cdef Py_ssize_t pos = 0, end, span = 0, size, skip, n
+    cdef Py_ssize_t pos = 0, end, span = 0, size, skip, n, run = -1
     cdef unsigned char t
     cdef long kind
     if type(data) is not bytes:
@@ -131,9 +131,13 @@ def server_data(self, data):
         if skip >= n:
             self._server_skip = skip - n
             out.append(data)
+            if self._capturing:
+                self._capture_run(data, 0, n)
             return
         self._server_skip = 0
         pos = skip
+        if self._capturing:
+            self._capture_run(data, 0, skip)
     tail = self._server_tail
     if tail:
         buf = tail + data[pos:]
@@ -151,11 +155,19 @@ def server_data(self, data):
         if size > end - pos:
             if t == 68 or t == 100:
                 self._server_skip = size - (end - pos)
+                if run < 0:
+                    run = pos
                 pos = end
             break
         if t == 68 or t == 100:  # DataRow, CopyData: the bulk, untouched
+            if run < 0:
+                run = pos
             pos += size
             continue
+        if run >= 0:
+            if self._capturing:
+                self._capture_run(buf, run, pos)
+            run = -1
         if t == 67:  # CommandComplete
             if pending:
                 head = pending[0]
@@ -177,6 +189,7 @@ def server_data(self, data):
                 raise IndexError("index out of range")  # what buf[pos + 5] raises
             status = PyUnicode_FromOrdinal(p[pos + 5])  # chr(buf[pos + 5])
             self.session.txn_status = status
+            self._described = None
             while pending:
                 entry = _deque_popleft(pending)
                 kind = entry[0]
@@ -206,6 +219,10 @@ def server_data(self, data):
         if t == 84:  # RowDescription
             if pending and pending[0][0] == K_DESCRIBE:
                 _deque_popleft(pending)
+                if self._capturing:
+                    self._described = buf[pos : pos + size]
+            elif self._capturing:
+                self._capture_description(buf[pos : pos + size])
             pos += size
             continue
         replacement = self._server_message(t, buf, pos, size)
@@ -216,6 +233,8 @@ def server_data(self, data):
                 out.append(replacement)
             span = pos + size
         pos += size
+    if run >= 0 and self._capturing:
+        self._capture_run(buf, run, pos)
     if span == 0 and pos == end:
         out.append(buf)
     elif pos > span:

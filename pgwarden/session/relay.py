@@ -59,6 +59,7 @@ from .replies import (
     _POISON_PARSE,
     _POISON_QUERY,
     _QUERY,
+    _SYNC,
     _SYNC_ENTRY,
     STMT,
     ReplyTracker,
@@ -116,6 +117,7 @@ class Relay(ClientFastPath, ReplyTracker):
         *,
         max_message_size: int = 64 * 1024 * 1024,
         rewrite_parameter: Callable[[str, str], str | None] | None = None,
+        capturing: bool = False,
     ) -> None:
         self.session = session
         self._evaluate = evaluate
@@ -142,6 +144,11 @@ class Relay(ClientFastPath, ReplyTracker):
         self._timing = completed is not None
         self._request = 0
         self._request_open = False
+        # Result capture for the recorder (see capture.py): on when a stage sets
+        # ``Statement.capture``; the loops then hand it runs of row bytes.
+        self._capturing = capturing
+        self._described: bytes | None = None  # the last Describe's RowDescription in this request
+        self.notice_hook: Callable[[bytes], None] | None = None  # notices with no statement running
         self.to_server: list[bytes | memoryview] = []
         self.to_client: list[bytes | memoryview] = []
         self.commands: list[HoldRequested | CloseRequested | StageFailed] = []
@@ -248,6 +255,10 @@ class Relay(ClientFastPath, ReplyTracker):
         elif t in (F.COPY_DATA, F.COPY_DONE, F.COPY_FAIL):
             # Data of a COPY the policy already allowed; outside COPY the server ignores it.
             self._pass(buf, start, stop)
+            if t == F.COPY_DATA and self._capturing:
+                capture = self._head_capture()
+                if capture is not None:
+                    capture.copy_in_data(stop - start)
         elif t == F.FUNCTION_CALL:
             self._on_function_call()
         elif t == F.TERMINATE:
@@ -438,6 +449,59 @@ class Relay(ClientFastPath, ReplyTracker):
         if self._held is None:
             self._drain_queue()
         self._end_span()
+
+    # ------------------------------------------------- refusing unsent output
+
+    def refuse_unsent(self, count: int, deny: Deny) -> bytes:
+        """Replace the messages behind the last ``count`` pending entries, which the
+        driver has not sent yet, with poisons that refuse them: the bytes to send instead.
+
+        Why: the driver holds a session's output until the audit records of its
+        statements are durable (write-ahead). When the audit store fails, those
+        statements must not run, but the relay has already tracked them. Every
+        simple Query becomes a poison Query; each extended-protocol request
+        becomes one poison Parse (PostgreSQL then discards the rest of the
+        request up to its Sync, exactly as for a policy refusal) followed by its
+        Sync. Speculative prepared-statement and portal changes are undone.
+        Statements that are dropped, not poisoned, finish as denied at once.
+        """
+        pending = self._pending
+        if count <= 0:
+            return b""
+        count = min(count, len(pending))
+        tail = [pending.pop() for _ in range(count)]  # newest first: undo in reverse order
+        for entry in tail:
+            self._undo(entry)
+        tail.reverse()
+        out: list[bytes] = []
+        in_request = False  # an extended request already poisoned, waiting for its Sync
+        for entry in tail:
+            kind, stmt = entry[0], entry[1]
+            if kind == _QUERY or kind == _POISON_QUERY:
+                out.append(POISON_QUERY_BYTES)
+                own = entry[2] if kind == _POISON_QUERY else deny
+                if kind == _QUERY and stmt is not None:
+                    stmt.verdict = deny
+                pending.append((_POISON_QUERY, stmt, own, None))
+            elif kind == _SYNC:
+                out.append(encode.sync())
+                pending.append(_SYNC_ENTRY)
+                in_request = False
+            elif not in_request:
+                out.append(POISON_PARSE_BYTES)
+                own = entry[2] if kind == _POISON_PARSE else deny
+                if kind != _POISON_PARSE and stmt is not None:
+                    stmt.verdict = deny
+                pending.append((_POISON_PARSE, stmt, own, None))
+                in_request = True
+            else:
+                if stmt is not None:
+                    if kind != _POISON_PARSE:
+                        stmt.verdict = deny
+                    self._finish(entry, "denied")
+        # A request still open: PostgreSQL discards its further messages until Sync; so do we.
+        self._discarding = self._discarding or in_request
+        return b"".join(out)
 
     # --------------------------------------------------------- server -> client
 

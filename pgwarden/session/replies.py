@@ -68,9 +68,13 @@ class ReplyTracker:
             if skip >= len(data):
                 self._server_skip = skip - len(data)
                 out.append(data)
+                if self._capturing:
+                    self._capture_run(data, 0, len(data))
                 return
             self._server_skip = 0
             pos = skip
+            if self._capturing:
+                self._capture_run(data, 0, skip)
         if self._server_tail:
             buf = self._server_tail + data[pos:]
             self._server_tail = b""
@@ -79,6 +83,7 @@ class ReplyTracker:
             buf = data
         end = len(buf)
         span = 0
+        run = -1  # start of the current run of DataRow/CopyData messages
         unpack = unpack_uint32
         pending = self._pending
         while end - pos >= 5:
@@ -89,11 +94,19 @@ class ReplyTracker:
             if size > end - pos:
                 if t == 68 or t == 100:
                     self._server_skip = size - (end - pos)
+                    if run < 0:
+                        run = pos
                     pos = end
                 break
             if t == 68 or t == 100:  # DataRow, CopyData: the bulk, untouched
+                if run < 0:
+                    run = pos
                 pos += size
                 continue
+            if run >= 0:
+                if self._capturing:
+                    self._capture_run(buf, run, pos)
+                run = -1
             if t == 67:  # CommandComplete
                 if pending:
                     head = pending[0]
@@ -111,6 +124,7 @@ class ReplyTracker:
             if t == 90:  # ReadyForQuery
                 status = chr(buf[pos + 5])
                 self.session.txn_status = status
+                self._described = None
                 while pending:
                     entry = pending.popleft()
                     kind = entry[0]
@@ -138,6 +152,10 @@ class ReplyTracker:
             if t == 84:  # RowDescription
                 if pending and pending[0][0] == _DESCRIBE:
                     pending.popleft()
+                    if self._capturing:
+                        self._described = buf[pos : pos + size]
+                elif self._capturing:
+                    self._capture_description(buf[pos : pos + size])
                 pos += size
                 continue
             replacement = self._server_message(t, buf, pos, size)
@@ -148,6 +166,8 @@ class ReplyTracker:
                     out.append(replacement)
                 span = pos + size
             pos += size
+        if run >= 0 and self._capturing:
+            self._capture_run(buf, run, pos)
         if span == 0 and pos == end:
             out.append(buf)
         elif pos > span:
@@ -167,6 +187,9 @@ class ReplyTracker:
             return None
         if t == B.ERROR_RESPONSE:
             return self._on_server_error(buf, pos, size)
+        if self._capturing and (t == B.NOTICE_RESPONSE or t == B.COPY_OUT_RESPONSE or t == B.COPY_IN_RESPONSE):
+            self._capture_other(t, buf[pos : pos + size])
+            return None
         if t == B.PARAMETER_STATUS:
             name, value = decode_parameter_status(buf[pos + 5 : pos + size])
             self.session.server_params[name] = value
@@ -220,6 +243,44 @@ class ReplyTracker:
         for entry in discarded:
             self._finish(entry, "skipped")
         return replacement
+
+    # ------------------------------------------------------------ capture
+    # Only called when ``self._capturing`` (the recorder keeps result rows).
+
+    def _head_capture(self):
+        pending = self._pending
+        if pending:
+            stmt = pending[0][STMT]
+            if stmt is not None:
+                return stmt.capture
+        return None
+
+    def _capture_run(self, buf: bytes, start: int, stop: int) -> None:
+        """A run of DataRow/CopyData bytes went to the client: the head statement's."""
+        pending = self._pending
+        stmt = pending[0][STMT] if pending else None
+        if stmt is not None and stmt.capture is not None:
+            capture = stmt.capture
+            if not capture.sets:
+                # Execute: the description, if any, came with a Describe in this request.
+                capture.describe(self._described, len(stmt.tags))
+            capture.data(buf, start, stop)
+
+    def _capture_description(self, description: bytes) -> None:
+        pending = self._pending
+        stmt = pending[0][STMT] if pending else None
+        if stmt is not None and stmt.capture is not None:
+            stmt.capture.describe(description, len(stmt.tags))
+
+    def _capture_other(self, t: int, message: bytes) -> None:
+        capture = self._head_capture()
+        if t == B.NOTICE_RESPONSE:
+            if capture is not None:
+                capture.notice(message[5:])
+            elif self.notice_hook is not None:
+                self.notice_hook(message[5:])
+        elif capture is not None:
+            capture.copy = "out" if t == B.COPY_OUT_RESPONSE else "in"
 
     def _undo(self, entry: tuple) -> None:
         undo = entry[UNDO]

@@ -49,6 +49,9 @@ class SessionInfo:
     server_params: dict[str, str] = field(default_factory=dict)
     txn_status: str = "I"
     extra: dict[str, Any] = field(default_factory=dict)
+    # The audit writer's ticket of this session's latest write-ahead record: its
+    # output to PostgreSQL waits until the writer has made that ticket durable.
+    audit_ticket: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,8 @@ class Statement:
         "status",
         "next_stage",
         "decision",
+        "capture",
+        "number",
     )
 
     def __init__(
@@ -132,6 +137,10 @@ class Statement:
         self.next_stage = 0
         # What the guardrails decided and why (a pgwarden.policy.rules.Decision), for the recorder.
         self.decision = None
+        # The recorder's ResultCapture (rows, notices, COPY volumes) and the
+        # statement's number within its session (pairs its statement and result records).
+        self.capture = None
+        self.number = 0
 
     def _bind(self) -> messages.Bind | None:
         if self._bind_body is None:

@@ -1,0 +1,95 @@
+"""What the recorder keeps of one statement's reply: result rows, notices, COPY volumes.
+
+The relay hands each *run* of consecutive DataRow/CopyData messages to the
+statement's capture as one span of the received bytes (``data``), never one
+call per row: a 1,000,000-row result costs one SHA-256 update per received
+chunk. The capture hashes everything (the digest in the ``result`` record covers
+every row sent, kept or not) and keeps the raw wire bytes only up to the byte
+cap; decoding into values is left to whoever reads the trail (the bytes are
+exactly what the client received, which is the point of the record).
+
+A span may end inside a message (a DataRow split across chunks): the kept bytes
+are then cut at a message boundary when the record is built
+(:func:`whole_messages`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+__all__ = ["ResultCapture", "whole_messages"]
+
+
+class ResultCapture:
+    __slots__ = ("max_bytes", "sha", "total", "sets", "kept", "notices", "copy", "copy_in", "copy_in_messages")
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.sha = None  # hashlib object, created with the first row
+        self.total = 0  # bytes of DataRow/CopyData messages sent to the client
+        # One [RowDescription bytes or None, bytearray of kept DataRow messages, truncated,
+        # index of the command tag that ends the set] per result set.
+        self.sets: list[list] = []
+        self.kept = 0
+        self.notices: list[bytes] | None = None
+        self.copy: str | None = None  # "in" | "out" once a Copy*Response was seen
+        self.copy_in = 0
+        self.copy_in_messages = 0
+
+    def describe(self, description: bytes | None, tag_index: int = 0) -> None:
+        """A RowDescription (or None when unknown): a new result set starts; ``tag_index``
+        is how many command tags the statement had so far (its own tag comes next)."""
+        self.sets.append([description, bytearray(), False, tag_index])
+
+    def data(self, buf: bytes, start: int, stop: int) -> None:
+        """Bytes ``buf[start:stop]`` of DataRow/CopyData messages were sent to the client."""
+        view = memoryview(buf)[start:stop]
+        sha = self.sha
+        if sha is None:
+            sha = self.sha = hashlib.sha256()
+        sha.update(view)
+        n = stop - start
+        self.total += n
+        sets = self.sets
+        if not sets:
+            sets.append([None, bytearray(), False, 0])
+        current = sets[-1]
+        room = self.max_bytes - self.kept
+        if room <= 0:
+            current[2] = True
+            return
+        if n > room:
+            current[1] += view[:room]
+            current[2] = True
+            self.kept += room
+        else:
+            current[1] += view
+            self.kept += n
+
+    def notice(self, body: bytes) -> None:
+        if self.notices is None:
+            self.notices = []
+        if len(self.notices) < 100:
+            self.notices.append(body)
+
+    def copy_in_data(self, size: int) -> None:
+        self.copy_in += size
+        self.copy_in_messages += 1
+
+
+
+def whole_messages(raw: bytes | bytearray, max_messages: int) -> tuple[bytes, int, bool]:
+    """The first complete messages of ``raw`` (at most ``max_messages``): (bytes, count, cut).
+
+    ``cut`` is True when anything was left out (a partial message or the count cap).
+    """
+    pos = 0
+    end = len(raw)
+    count = 0
+    while end - pos >= 5 and count < max_messages:
+        size = int.from_bytes(raw[pos + 1 : pos + 5], "big") + 1
+        if size < 5 or pos + size > end:
+            break
+        pos += size
+        count += 1
+    return bytes(raw[:pos]), count, pos < end
