@@ -284,7 +284,7 @@ stats_period = 3600
     return proxy
 
 
-def start_pgwarden(workdir: Path, pg, password: str, use_uvloop: bool, guardrails: bool = True) -> Proxy:
+def start_pgwarden(workdir: Path, pg, password: str, use_uvloop: bool, guardrails: bool = True, audit: bool = True) -> Proxy:
     import yaml
 
     from pgwarden.session.scram import make_verifier
@@ -319,6 +319,11 @@ def start_pgwarden(workdir: Path, pg, password: str, use_uvloop: bool, guardrail
     else:
         # --guardrails off: the core alone (empty pipeline), to see what the stages cost on top.
         config["guardrails"] = {"enabled": False}
+    if audit:
+        # Session recording on, as issue 5 measures it: the SQLite trail in the data dir, results capped.
+        config["data_dir"] = str(workdir / "pgwarden-data")
+    else:
+        config["audit"] = {"enabled": False}
     cfg_path = workdir / "pgwarden.yaml"
     cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
     cfg_path.chmod(0o600)
@@ -681,7 +686,7 @@ def markdown_report(summary: dict, paths: list[str], meta: dict) -> str:
     prose = (f"pgbench scale {a['scale']}, `-S` (select-only), `-n`, `-j {a['threads']}` for more than one client. "
              "No TLS on any path.")
     if "pgwarden" in paths:
-        prose += (f" pgwarden: guardrails stage **{a.get('pgwarden_guardrails', 'on')}**, statement logging **off**, log level warning, "
+        prose += (f" pgwarden: guardrails stage **{a.get('pgwarden_guardrails', 'on')}**, session recording **{a.get('pgwarden_audit', 'off')}**, statement logging **off**, log level warning, "
                   f"uvloop {m.get('uvloop', '?').split(' ')[0]}, SCRAM-SHA-256 login.")
     if "pgbouncer" in paths:
         prose += (f" pgbouncer: session pooling, default_pool_size {a['pgbouncer_pool_size']}, "
@@ -771,6 +776,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--guardrails", choices=("on", "off"), default="on",
                     help="pgwarden's guardrails stage (default on, with the dangerous and read-only packs; "
                          "off measures the core alone)")
+    ap.add_argument("--audit", choices=("on", "off"), default="on",
+                    help="pgwarden's session recording (default on: SQLite trail, results capped; off = no trail)")
     ap.add_argument("--output", type=Path, help="JSON file (default bench/results/<timestamp>.json)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     ap.add_argument("--rows-worker", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -868,7 +875,8 @@ def main(argv: list[str] | None = None) -> int:
             proxies["pgbouncer"] = start_pgbouncer(pgbouncer_bin, workdir, pg, password, args.pool_size)
             ports["pgbouncer"] = proxies["pgbouncer"].port
         if "pgwarden" in args.paths:
-            proxies["pgwarden"] = start_pgwarden(workdir, pg, password, not args.no_uvloop, args.guardrails == "on")
+            proxies["pgwarden"] = start_pgwarden(workdir, pg, password, not args.no_uvloop, args.guardrails == "on",
+                                                args.audit == "on")
             ports["pgwarden"] = proxies["pgwarden"].port
         if "forwarder" in args.paths:
             proxies["forwarder"] = start_forwarder(workdir, pg, not args.no_uvloop)
@@ -968,6 +976,7 @@ def main(argv: list[str] | None = None) -> int:
             "postgres_settings": {**PG_SETTINGS, "fsync": "off", "synchronous_commit": "off"},
             "pgwarden_logging": {"level": "warning", "statements": False},
             "pgwarden_guardrails": args.guardrails,
+            "pgwarden_audit": args.audit,
             "tls": "none (client sslmode=disable on every path; both proxies reach PostgreSQL without TLS)",
             "rows_query": rows_query,
             "rows_reps": args.rows_reps,

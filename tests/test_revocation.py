@@ -126,7 +126,12 @@ def test_revoked_subject_is_cut_off_and_stays_revoked(rev_env):
     # Other subjects are unaffected, and the revocation survives a restart (a new gateway, same data dir).
     with _connect(gw, "rev-bob", _token(config, "rev-bob")) as other:
         assert other.execute("select 1").fetchone() == (1,)
-    with RunningGateway(load_config(config_file), []) as fresh:
+    fresh_config = load_config(config_file)
+    # Its own audit trail: an SQLite trail has one writer (gateways sharing one use the postgres store).
+    audit = fresh_config.audit
+    store = audit.store.model_copy(update={"path": config_file.parent / "audit-2.sqlite"})
+    fresh_config = fresh_config.model_copy(update={"audit": audit.model_copy(update={"store": store})})
+    with RunningGateway(fresh_config, []) as fresh:
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
             _connect(fresh, "rev-alice", _token(config, "rev-alice"))
         with _connect(fresh, "rev-bob", _token(config, "rev-bob")) as conn:

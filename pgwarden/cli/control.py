@@ -18,7 +18,7 @@ from .output import print_table, utc
 
 from .main import ConfigOption, fail, out, require_config
 
-sessions_app = typer.Typer(help="Live sessions of running gateways (list, kill).", no_args_is_help=True)
+sessions_app = typer.Typer(help="Sessions: recorded (list, show, replay) and live (list --live, kill).", no_args_is_help=True)
 
 
 def _control(config):
@@ -69,12 +69,31 @@ def revoke(
 
 @sessions_app.command("list")
 def sessions_list(
-    live: Annotated[bool, typer.Option("--live", help="Sessions connected now (the only kind tracked so far).")] = True,
+    live: Annotated[bool, typer.Option("--live", help="Sessions connected now (control plane) instead of recorded ones.")] = False,
+    identity: Annotated[Optional[str], typer.Option(
+        "--identity", help="Recorded: subject or user name (glob).", show_default=False)] = None,
+    role: Annotated[Optional[str], typer.Option("--role", help="Recorded: sessions with this role (glob).", show_default=False)] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="Recorded: sessions to this target.", show_default=False)] = None,
+    since: Annotated[Optional[str], typer.Option(
+        "--since", help="Recorded: started at or after (ISO time, or 1h / 2d ago).", show_default=False)] = None,
+    until: Annotated[Optional[str], typer.Option(
+        "--until", help="Recorded: started before (ISO time, or 1h / 2d ago).", show_default=False)] = None,
+    refused: Annotated[bool, typer.Option("--refused", help="Recorded: only sessions with refused statements.")] = False,
+    masked: Annotated[bool, typer.Option("--masked", help="Recorded: only sessions where data was masked.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Recorded: at most this many, newest first.")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array, for scripts.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Who is connected, as whom, to which target, since when (all gateways using this data dir)."""
+    """Recorded sessions from the audit trail (newest first), or with --live who is connected now."""
     cfg = require_config(config)
+    if not live:
+        from .sessions import list_recorded
+
+        list_recorded(cfg, identity=identity, role=role, target=target, since=since, until=until,
+                      refused=refused, masked=masked, limit=limit, as_json=as_json)
+        return
+    if any(v is not None for v in (identity, role, target, since, until)) or refused or masked:
+        fail("the filters apply to recorded sessions; drop --live to use them")
     try:
         sessions = _control(cfg).live_sessions()
     except (OSError, sqlite3.Error) as exc:

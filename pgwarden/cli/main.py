@@ -187,10 +187,15 @@ from .control import revoke as _revoke, sessions_app as _sessions_app  # noqa: E
 
 app.command("revoke")(_revoke)
 app.add_typer(_sessions_app, name="sessions")
+from . import sessions as _sessions_cli  # noqa: E402,F401  (adds show/replay to `sessions`)
 
 from .policy import policy_app as _policy_app  # noqa: E402
 
 app.add_typer(_policy_app, name="policy")
+
+from .audit import audit_app  # noqa: E402
+
+app.add_typer(audit_app, name="audit")
 
 
 def main() -> None:
