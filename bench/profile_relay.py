@@ -131,7 +131,43 @@ def new_driver(completed: bool):
     upstream.owner, upstream.transport, upstream.closed, upstream.relaying = conn, _NullTransport(), False, False
     conn.relay, conn.phase, conn.upstream, conn.transport = relay, "RELAY", upstream, _NullTransport()
     conn._pauses, conn.draining = set(), False
+    conn._audit, conn._parked, conn._parked_entries = None, [], 0
     # As ClientConnection._connect_upstream wires them up when the session starts.
+    conn._client_write = conn.transport.write
+    conn._upstream_write = upstream.transport.write
+    upstream.start_relaying(relay, conn._client_write)
+    return conn, upstream
+
+
+def new_audited_driver(completed: bool):
+    """The driver with session recording on: a real writer and SQLite store in a temporary directory."""
+    import asyncio
+    import tempfile
+
+    from pgwarden.config import parse_config
+    from pgwarden.server.gateway import build_recorder
+    from pgwarden.server.client import ClientConnection
+    from pgwarden.server.upstream import UpstreamProtocol
+
+    data_dir = tempfile.mkdtemp(prefix="pgwarden-profile-")
+    config = parse_config({"targets": {"bench": {"database": "bench", "user": "app"}}, "data_dir": data_dir})
+    writer, recorder = build_recorder(config, "bench")
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(writer.start())
+    session = SessionInfo(id="bench0123456789ab", user="app", target="bench", client_addr="127.0.0.1:1")
+    recorder.session_started(session)
+    pipeline = Pipeline([], recorder)
+    relay = Relay(session, pipeline.evaluate, pipeline.completed, capturing=True)
+    relay.client_data(SETUP)
+    relay.server_data(SETUP_REPLY)
+    relay.take_output()
+    writer.flush_now()
+    conn = ClientConnection.__new__(ClientConnection)
+    upstream = UpstreamProtocol.__new__(UpstreamProtocol)
+    upstream.owner, upstream.transport, upstream.closed, upstream.relaying = conn, _NullTransport(), False, False
+    conn.relay, conn.phase, conn.upstream, conn.transport = relay, "RELAY", upstream, _NullTransport()
+    conn._pauses, conn.draining, conn.info = set(), False, session
+    conn._audit, conn._parked, conn._parked_entries = writer, [], 0
     conn._client_write = conn.transport.write
     conn._upstream_write = upstream.transport.write
     upstream.start_relaying(relay, conn._client_write)
@@ -141,10 +177,15 @@ def new_driver(completed: bool):
 def driver_loop(pair, request: bytes, reply: bytes, n: int) -> int:
     conn, upstream = pair
     client_in, server_in = conn.data_received, upstream.data_received
+    audit = getattr(conn, "_audit", None)
+    # Recording: the journal is loaded into SQLite every 50 ms in the gateway (about 1,000 transactions).
+    load = audit.store.load_journal if audit is not None else None
     t0 = time.perf_counter_ns()
-    for _ in range(n):
+    for i in range(n):
         client_in(request)
         server_in(reply)
+        if load is not None and i % 1000 == 999:
+            load()
     elapsed = time.perf_counter_ns() - t0
     assert not conn.relay._pending and conn.phase == "RELAY"
     return elapsed
@@ -155,14 +196,16 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=200_000, help="transactions per measurement")
     ap.add_argument("--repeat", type=int, default=5, help="measurements per case; the best is shown")
     ap.add_argument("--case", action="append", choices=sorted(CASES), help="default: all")
-    ap.add_argument("--level", action="append", choices=("relay", "driver"), help="default: both")
+    ap.add_argument("--level", action="append", choices=("relay", "driver", "audited"),
+                    help="default: relay and driver; audited = driver with session recording (SQLite)")
     ap.add_argument("--completed", action="store_true", help="with a no-op completed hook")
     ap.add_argument("--profile", action="store_true", help="cProfile one run per case and print the top entries")
     args = ap.parse_args()
     for level in args.level or ("relay", "driver"):
         for case in args.case or sorted(CASES):
             request, reply = CASES[case]
-            make, loop = (new_relay, relay_loop) if level == "relay" else (new_driver, driver_loop)
+            make, loop = {"relay": (new_relay, relay_loop), "driver": (new_driver, driver_loop),
+                          "audited": (new_audited_driver, driver_loop)}[level]
             target = make(args.completed)
             loop(target, request, reply, min(args.n, 20_000))  # warm up
             best = min(loop(target, request, reply, args.n) for _ in range(args.repeat))

@@ -14,6 +14,7 @@ test; tests that kill connections get a database of their own.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import hashlib
 import json
@@ -309,12 +310,15 @@ async def test_sqlite_journal_failure_keeps_nothing(tmp_path):
     store = SqliteAuditStore(tmp_path / "audit.sqlite")
     await store.open()
     before = await store.append([rec(0), rec(1)])
-    fd = store._journal_fd
-    store._journal_fd = os.open(os.devnull, os.O_RDONLY)  # every write now fails with EBADF
+    write = store._journal_write
+
+    def disk_error(data):
+        raise OSError(errno.EIO, "Input/output error")
+
+    store._journal_write = disk_error
     with pytest.raises(AuditStoreError, match="cannot write"):
         await store.append([rec(2), rec(3)])
-    os.close(store._journal_fd)
-    store._journal_fd = fd
+    store._journal_write = write
     assert await store.head() == before
     assert (await store.append([rec(4)]))[0] == 3
     assert_chain(await all_records(store))
@@ -333,10 +337,10 @@ async def test_sqlite_journal_survives_a_crash(tmp_path):
     await store.append([rec(0, "connect", "crash-1"), rec(1)], [started])
     head = await store.head()
     # A crash: the process dies without loading the journal or closing anything.
+    store._journal_map.close()
     os.close(store._journal_fd)
     os.close(store._lock_fd)
-    store._journal_fd = store._lock_fd = None
-    assert store.journal_path.stat().st_size > 0
+    store._journal_map = store._journal_fd = store._lock_fd = None
     # A reader sees the journal's records before any gateway restarted.
     reader = SqliteAuditStore(path)
     await reader.open(create=False)

@@ -21,7 +21,8 @@ __all__ = ["ResultCapture", "whole_messages"]
 
 
 class ResultCapture:
-    __slots__ = ("max_bytes", "sha", "total", "sets", "kept", "notices", "copy", "copy_in", "copy_in_messages")
+    __slots__ = ("max_bytes", "sha", "total", "sets", "kept", "notices", "copy", "copy_in", "copy_in_messages",
+                 "formats")
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -35,6 +36,7 @@ class ResultCapture:
         self.copy: str | None = None  # "in" | "out" once a Copy*Response was seen
         self.copy_in = 0
         self.copy_in_messages = 0
+        self.formats: tuple[int, ...] | None = None  # the Bind's result formats (extended protocol)
 
     def describe(self, description: bytes | None, tag_index: int = 0) -> None:
         """A RowDescription (or None when unknown): a new result set starts; ``tag_index``

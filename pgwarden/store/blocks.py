@@ -16,12 +16,13 @@ removed from the middle of a block shows up as a gap, not as a renumbering.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 
 from .base import StoredRecord
 
-__all__ = ["encode_block", "decode_block", "prefix_fields"]
+__all__ = ["encode_block", "decode_block", "prefix_fields", "chain_block"]
 
 _ENTRY = struct.Struct("!Q32sI")
 
@@ -36,6 +37,27 @@ def encode_block(rows: list[tuple]) -> bytes:
     return b"".join(parts)
 
 
+def chain_block(seq: int, previous: bytes, pending) -> tuple[bytes, int, bytes]:
+    """Number, chain and pack ``pending`` records in one pass: (block bytes, last seq, last hash).
+
+    The same chain as ``records.build_rows`` (each ``PendingRecord.seq`` is set),
+    without building a row tuple per record: this runs once per group commit on
+    the event loop.
+    """
+    pack = _ENTRY.pack
+    sha = hashlib.sha256
+    prefix = b'{"v":1,"seq":'
+    parts = []
+    for rec in pending:
+        seq += 1
+        body = b"%s%d,%s" % (prefix, seq, rec.tail)
+        previous = sha(previous + body).digest()
+        rec.seq = seq
+        parts.append(pack(seq, previous, len(body)))
+        parts.append(body)
+    return b"".join(parts), seq, previous
+
+
 def decode_block(data: bytes) -> list[StoredRecord]:
     """The records of a block; a damaged tail is returned as far as it can be read."""
     out = []
@@ -44,6 +66,8 @@ def decode_block(data: bytes) -> list[StoredRecord]:
     size = _ENTRY.size
     while end - pos >= size:
         seq, digest, length = _ENTRY.unpack_from(data, pos)
+        if seq == 0:
+            break  # the journal's end mark (real sequence numbers start at 1)
         pos += size
         if pos + length > end:
             break  # a half-written entry (a journal read during a write, or a crash mid-write)

@@ -105,6 +105,7 @@ class AuditWriter:
         self._timer: asyncio.TimerHandle | None = None
         self._checkpointed_seq = -1
         self._since_checkpoint = 0
+        self._checkpoint_pending = False
         self._wal_thread: threading.Thread | None = None
         self._stopping = False
         self.on_failure: Callable[[str], None] | None = None  # alert hook (issue 8 delivers alerts)
@@ -272,14 +273,14 @@ class AuditWriter:
                 self.submit(make_record("audit", None, {"event": "dropped", "sink": True, "dropped": lost}))
         if self._journal and self._load_handle is None:
             self._load_handle = self._loop.call_later(LOAD_DELAY, self._load)  # type: ignore[union-attr]
-        if self._since_checkpoint >= self.checkpoint_records:
+        if self._since_checkpoint >= self.checkpoint_records and not self._checkpoint_pending:
+            self._checkpoint_pending = True
             self._loop.create_task(self.checkpoint("interval"))  # type: ignore[union-attr]
 
     def _flush_inline(self) -> None:
+        # The lazy timer is left to expire (cancelling and re-arming it per flush cost
+        # more than the flush): it finds nothing to do, or what arrived since.
         self._scheduled = False
-        if self._lazy is not None:
-            self._lazy.cancel()
-            self._lazy = None
         if not self._queue and not self._summaries and self.failed is None:
             return
         batch, started, ended = self._take()
@@ -400,6 +401,7 @@ class AuditWriter:
 
     async def checkpoint(self, reason: str) -> None:
         """Sign the current head (skipped when nothing was written since the last one)."""
+        self._checkpoint_pending = False
         seq, chain = self.head
         if seq == self._checkpointed_seq and reason == "interval":
             return

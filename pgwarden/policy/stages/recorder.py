@@ -29,7 +29,7 @@ from ...store.base import SessionSummary
 from ...store.records import PendingRecord, iso_time, json_str, make_record
 from ...store.writer import AuditWriter
 from ...wire.messages import decode_error_fields
-from .params import decode_params
+from .params import decode_params, read_bind
 
 __all__ = ["Recorder", "AUDIT_UNAVAILABLE", "AUDIT_DENY"]
 
@@ -216,6 +216,7 @@ class Recorder:
         """The final verdict for ``stmt``: write its statement record (write-ahead)."""
         writer = self.writer
         cls = verdict.__class__
+        bind = None
         if writer.failed is not None and cls is not Deny and self.refuse:
             verdict = AUDIT_DENY
             cls = Deny
@@ -236,7 +237,11 @@ class Recorder:
             parts.append(f',"statement_name":{json_str(stmt.statement_name or "")}')
             if stmt.kind == "execute":
                 parts.append(f',"portal_name":{json_str(stmt.portal_name or "")}')
-                parts.append(',"params":' + decode_params(stmt))
+                try:
+                    bind = read_bind(stmt)
+                except ValueError:
+                    bind = None
+                parts.append(',"params":' + (decode_params(stmt, bind) if bind is not None else '"unreadable"'))
             if stmt.param_types:
                 parts.append(',"param_types":[' + ",".join(map(str, stmt.param_types)) + "]")
         if cls is Deny:
@@ -263,19 +268,10 @@ class Recorder:
             if writer.failed is None:
                 info.audit_ticket = ticket
             if self.results:
-                stmt.capture = ResultCapture(self.max_bytes)
+                capture = stmt.capture = ResultCapture(self.max_bytes)
+                if stmt.kind == "execute" and bind is not None:
+                    capture.formats = bind[2]
         return verdict
-
-    @staticmethod
-    def _result_formats(stmt: Statement) -> str:
-        """The Bind's result format codes ([] = all text; one code = all columns)."""
-        try:
-            bind = stmt._bind()
-        except Exception:
-            return "[]"
-        if bind is None:
-            return "[]"
-        return "[" + ",".join(map(str, bind.result_formats)) + "]"
 
     @staticmethod
     def _alerts(stmt: Statement) -> str:
@@ -334,12 +330,18 @@ class Recorder:
         sets = []
         budget = self.max_rows
         for description, raw, truncated, tag_index in capture.sets:
-            data, count, cut = whole_messages(raw, budget)
+            rows = _tag(tags[tag_index])[1] if tag_index < len(tags) else -1
+            if not truncated and 0 < rows <= budget and len(capture.sets) == 1 and capture.copy is None:
+                # The reply completed and nothing was cut: every message is whole, one per row.
+                data, count, cut = raw, rows, False
+            else:
+                data, count, cut = whole_messages(raw, budget)
             budget -= count
             if description is not None:
                 head = _columns_json(description)
             else:
-                head = '{"columns":null,"formats":' + self._result_formats(stmt)
+                formats = capture.formats
+                head = '{"columns":null,"formats":[' + ",".join(map(str, formats or ())) + "]"
             tag = json_str(tags[tag_index]) if tag_index < len(tags) else "null"
             sets.append(
                 f'{head},"tag":{tag},"kept_bytes":{len(raw)},"captured_rows":{count},'
