@@ -316,6 +316,14 @@ class Config(_Strict):
             unknown = [r for r in rule.match.roles or () if r not in self.roles]
             if unknown:
                 raise ValueError(f"guardrails.rules.{rule.name}.match.roles: unknown role(s) {', '.join(unknown)}")
+        if self.audit.store.type == "postgres" and self.audit.store.dsn:
+            where = _dsn_location(self.audit.store.dsn)
+            for name, target in self.targets.items():
+                if where == (target.host, target.port, target.database):
+                    raise ValueError(
+                        f"audit.store.dsn: the audit trail must not live in a protected target (it is target {name!r}): "
+                        "whoever can write to the target could then rewrite the evidence"
+                    )
         forbidden = {"options", "replication", "role", "session_authorization", "user", "database"}
         bad = [p for p in self.forward_startup_parameters if p.lower() in forbidden]
         if bad:
@@ -338,6 +346,19 @@ class Config(_Strict):
     @property
     def safe_startup_parameters(self) -> frozenset[str]:
         return SAFE_STARTUP_PARAMETERS | {p.lower() for p in self.forward_startup_parameters}
+
+
+def _dsn_location(dsn: str) -> tuple[str, int, str]:
+    """(host, port, database) of a libpq URI or key=value string, with libpq's defaults."""
+    from urllib.parse import unquote, urlsplit
+
+    if dsn.startswith(("postgres://", "postgresql://")):
+        parts = urlsplit(dsn)
+        host = unquote(parts.hostname or "127.0.0.1")
+        return host, parts.port or 5432, unquote(parts.path.lstrip("/")) or unquote(parts.username or "")
+    fields = dict(item.split("=", 1) for item in dsn.split() if "=" in item)
+    host = fields.get("host", "127.0.0.1")
+    return host, int(fields.get("port", "5432") or 5432), fields.get("dbname", fields.get("user", ""))
 
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

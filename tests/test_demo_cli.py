@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -30,7 +31,16 @@ def _start_demo(data_dir: str, port: int) -> tuple[subprocess.Popen, str, list[s
             break
         lines.append(line)
         if line.startswith("postgresql://"):
-            return proc, line.strip(), lines
+            uri = line.strip()
+            # The rest of the banner (hints, the replay command) ends with "Press Ctrl-C".
+            while time.monotonic() < deadline:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                lines.append(line)
+                if "Press Ctrl-C" in line:
+                    break
+            return proc, uri, lines
     proc.kill()
     raise AssertionError("demo printed no URI:\n" + "".join(lines))
 
@@ -68,6 +78,7 @@ def test_demo_runs_serves_psql_and_reuses_its_data():
             out = _stop(proc)
         assert proc.returncode == 0, out
         assert "Stopped." in out
+        _check_demo_recording("".join(lines), data_dir)
         # A second run reuses the data and the password.
         proc2, uri2, lines2 = _start_demo(data_dir, port)
         try:
@@ -106,3 +117,23 @@ def _check_demo_guardrails(lines: list[str], port: int) -> None:
     assert drop.returncode != 0 and "dangerous.drop" in drop.stderr
     write = psql("dev", "developers", "BEGIN; UPDATE orders SET status = status WHERE id = 1; ROLLBACK")
     assert write.returncode == 0, write.stderr
+
+
+def _check_demo_recording(out: str, data_dir: str) -> None:
+    """The demo records to SQLite in its data dir and says how to replay; the trail verifies."""
+    config = os.path.join(data_dir, "pgwarden.yaml")
+    assert f"pgwarden sessions replay --config {config}" in out
+    pgw = [sys.executable, "-m", "pgwarden"]
+    verify = subprocess.run([*pgw, "audit", "verify", "--config", config], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    listed = subprocess.run([*pgw, "sessions", "list", "--config", config, "--identity", "mcp-agent", "--json"],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    sessions = json.loads(listed.stdout)
+    assert sessions, "the agent's sessions were not recorded"
+    replays = [
+        subprocess.run([*pgw, "sessions", "replay", s["id"], "--config", config], capture_output=True, text=True,
+                       timeout=60).stdout
+        for s in sessions
+    ]
+    assert any("DROP TABLE customers" in r and "dangerous.drop" in r for r in replays), replays

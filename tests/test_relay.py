@@ -326,7 +326,9 @@ def test_failing_parse_undoes_the_speculative_statement():
     assert execute_stmt.kind == Kind.EXECUTE and execute_stmt.statement_name == "s1"
     assert execute_stmt.text is None
     h.server(encode.error_response("26000", 'prepared statement "s1" does not exist') + rfq())
-    assert h.done()[-1] == (Kind.EXECUTE, None, "skipped")
+    # The Bind failed: that is the failure of the Execute of its portal (not "skipped").
+    assert h.done()[-1] == (Kind.EXECUTE, None, "error")
+    assert h.completed[-1].error.sqlstate == "26000"
 
     # contrast: a Parse the server accepted is remembered
     h.client(encode.parse("s2", "select 2") + encode.sync())

@@ -493,7 +493,8 @@ class Side:
         return {
             "statements": [self.stmt(s) for s in self.policy.statements],
             "completed": None if self.completed is None else [self.sid(s) for s in self.completed],
-            "pending": [(k, self.sid(s), d, self.undo(u)) for k, s, d, u in r._pending],
+            # (a Describe of a prepared statement's entry also names it: replies.describe_entry)
+            "pending": [(k, self.sid(s), d, self.undo(u), *rest) for k, s, d, u, *rest in r._pending],
             "prepared": dict(r._prepared),
             "portals": {k: self.value(v) for k, v in r._portals.items()},
             "queue": [(t, bytes(b[s:e])) for t, b, s, e in r._queue],

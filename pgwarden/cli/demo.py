@@ -185,6 +185,14 @@ def register(app: typer.Typer) -> None:
                     " --role developer \"DELETE FROM orders\"",
                     soft_wrap=True,
                 )
+                if gateway.audit_writer is not None:
+                    out.print(
+                        f"\nRecording: every session goes to the audit trail in {cfg.audit.store.path}."
+                        f"\n  pgwarden sessions list --config {config_path}"
+                        f"\n  pgwarden sessions replay --config {config_path} <session id>"
+                        f"\n  pgwarden audit verify --config {config_path}",
+                        soft_wrap=True,
+                    )
                 out.print("\nPress Ctrl-C to stop.\n")
 
             install_uvloop()

@@ -207,6 +207,14 @@ class Gateway:
         if self.audit_writer is not None:
             # Fail closed: no audit trail, no gateway.
             await self.audit_writer.start()
+            retention = self.config.audit.retention
+            if retention.max_age_seconds is not None:
+                from ..store import store_for
+
+                self.audit_writer.start_retention(
+                    retention.max_age_seconds, retention.check_every_seconds, lambda: store_for(self.config),
+                    f"audit.retention.max_age={retention.max_age}",
+                )
         else:
             log.warning(
                 "session recording is off (no data_dir and no audit store configured, or audit.enabled: false): "
@@ -265,6 +273,10 @@ async def run(config: Config, stages: Sequence[Stage] | None = None, ready=None)
     """Serve until SIGTERM/SIGINT, then drain. ``ready(gateway)`` is called once listening."""
     gateway = Gateway(config, stages)
     loop = asyncio.get_running_loop()
+    # A file size limit reached while writing the audit trail must be an error the
+    # writer refuses statements on, not a signal that kills the gateway.
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:

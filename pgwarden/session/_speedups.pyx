@@ -34,7 +34,7 @@ from ..wire.frames import ProtocolViolation, invalid_length
 from ..wire.messages import decode_cstring, decode_parse, decode_query
 from . import replies as _replies
 from .fastpath import ClientFastPath
-from .replies import _DESCRIBE_ENTRY, _MISSING, _SYNC_ENTRY, ReplyTracker
+from .replies import _DESCRIBE_ENTRY, _MISSING, _SYNC_ENTRY, ReplyTracker, describe_entry
 from .statement import Kind, Protocol, Statement
 from .verdict import ALLOW
 
@@ -371,7 +371,10 @@ def client_data(self, data):
                 if not self._request_open:
                     self._request += 1
                     self._request_open = True
-                _deque_append(pending, _DESCRIBE_ENTRY)
+                if stop - pos < 7 or p[pos + 5] != 83:
+                    _deque_append(pending, _DESCRIBE_ENTRY)
+                else:
+                    _deque_append(pending, describe_entry(buf, pos, stop))
             elif t == 81:  # Query (fastpath: t == 81; see relay._on_query)
                 self._request_open = False
                 self._request += 1

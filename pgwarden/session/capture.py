@@ -22,7 +22,7 @@ __all__ = ["ResultCapture", "whole_messages"]
 
 class ResultCapture:
     __slots__ = ("max_bytes", "sha", "total", "sets", "kept", "notices", "copy", "copy_in", "copy_in_messages",
-                 "formats")
+                 "copy_out", "copy_out_messages", "_copy_rest", "_copy_rest_row", "formats")
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -36,6 +36,10 @@ class ResultCapture:
         self.copy: str | None = None  # "in" | "out" once a Copy*Response was seen
         self.copy_in = 0
         self.copy_in_messages = 0
+        self.copy_out = 0  # bytes of CopyData messages sent to the client (COPY TO STDOUT)
+        self.copy_out_messages = 0
+        self._copy_rest = 0  # bytes of a message that continues into the next span (COPY out only)
+        self._copy_rest_row = False  # ... and whether it is a DataRow
         self.formats: tuple[int, ...] | None = None  # the Bind's result formats (extended protocol)
 
     def describe(self, description: bytes | None, tag_index: int = 0) -> None:
@@ -52,6 +56,9 @@ class ResultCapture:
         sha.update(view)
         n = stop - start
         self.total += n
+        if self.copy == "out":
+            self._copy_out_data(buf, start, stop)
+            return
         sets = self.sets
         if not sets:
             sets.append([None, bytearray(), False, 0])
@@ -67,6 +74,59 @@ class ResultCapture:
         else:
             current[1] += view
             self.kept += n
+
+    def _keep(self, view: memoryview) -> None:
+        """Keep DataRow bytes under the byte cap (as :meth:`data` does inline)."""
+        sets = self.sets
+        if not sets:
+            sets.append([None, bytearray(), False, 0])
+        current = sets[-1]
+        room = self.max_bytes - self.kept
+        if room <= 0:
+            current[2] = True
+        elif len(view) > room:
+            current[1] += view[:room]
+            current[2] = True
+            self.kept += room
+        else:
+            current[1] += view
+            self.kept += len(view)
+
+    def _copy_out_data(self, buf: bytes, pos: int, stop: int) -> None:
+        """After a CopyOutResponse: CopyData is counted (docs/audit.md ``copy``), not kept.
+
+        Why: ``results[].data`` holds DataRow messages only (readers decode it as
+        rows); CopyData kept there made every COPY TO STDOUT an undecodable result
+        set and left ``copy.messages`` unknown. A DataRow in the same span (another
+        statement of the same Query) is still kept. The relay hands over runs that
+        start at a message boundary (or continue the message the previous run cut).
+        """
+        view = memoryview(buf)
+        rest = self._copy_rest
+        if rest:
+            take = min(rest, stop - pos)
+            if self._copy_rest_row:
+                self._keep(view[pos : pos + take])
+            else:
+                self.copy_out += take
+            self._copy_rest = rest - take
+            pos += take
+        while pos < stop:
+            if stop - pos < 5:  # cannot happen (headers are whole); count it rather than misread it
+                self.copy_out += stop - pos
+                return
+            t = buf[pos]
+            size = int.from_bytes(buf[pos + 1 : pos + 5], "big") + 1
+            piece = min(size, stop - pos)
+            if t == 100:  # CopyData
+                self.copy_out += piece
+                self.copy_out_messages += 1
+            else:
+                self._keep(view[pos : pos + piece])
+            if piece < size:
+                self._copy_rest = size - piece
+                self._copy_rest_row = t != 100
+            pos += piece
 
     def notice(self, body: bytes) -> None:
         if self.notices is None:

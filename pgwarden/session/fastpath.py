@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from ..wire.frames import ProtocolViolation, invalid_length, unpack_uint32
 from ..wire.messages import decode_cstring, decode_parse, decode_query
-from .replies import _BIND, _DESCRIBE_ENTRY, _EXECUTE, _MISSING, _PARSE, _QUERY, _SYNC_ENTRY
+from .replies import _BIND, _DESCRIBE_ENTRY, _EXECUTE, _MISSING, _PARSE, _QUERY, _SYNC_ENTRY, describe_entry
 from .statement import Kind, Protocol, Statement
 from .verdict import ALLOW
 
@@ -121,11 +121,13 @@ class ClientFastPath:
                         self._request += 1
                     self._request_open = False
                     pending.append(_SYNC_ENTRY)
-                elif t == 68:  # Describe
+                elif t == 68:  # Describe (see _client_message)
                     if not self._request_open:
                         self._request += 1
                         self._request_open = True
-                    pending.append(_DESCRIBE_ENTRY)
+                    pending.append(
+                        _DESCRIBE_ENTRY if stop - pos < 7 or buf[pos + 5] != 83 else describe_entry(buf, pos, stop)
+                    )
                 elif t == 81:  # Query (see _on_query)
                     self._request_open = False
                     self._request += 1

@@ -63,6 +63,7 @@ from .replies import (
     _SYNC_ENTRY,
     STMT,
     ReplyTracker,
+    describe_entry,
 )
 from .statement import Kind, Protocol, SessionInfo, Statement
 from .verdict import Allow, Deny, Hold, Rewrite, Verdict
@@ -246,7 +247,10 @@ class Relay(ClientFastPath, ReplyTracker):
         elif t == F.DESCRIBE:
             self._open_request()
             self._pass(buf, start, stop)
-            self._pending.append(_DESCRIBE_ENTRY)
+            # A prepared statement's Describe carries its name (replies.describe_entry).
+            self._pending.append(
+                _DESCRIBE_ENTRY if stop - start < 7 or buf[start + 5] != 83 else describe_entry(buf, start, stop)
+            )
         elif t == F.CLOSE:
             self._on_close(buf, start, stop)
         elif t == F.FLUSH:

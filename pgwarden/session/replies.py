@@ -22,10 +22,10 @@ from typing import Any
 from ..wire import encode
 from ..wire.constants import B, SQLState
 from ..wire.frames import ProtocolViolation, unpack_uint32
-from ..wire.messages import decode_error_fields, decode_parameter_status
+from ..wire.messages import decode_cstring, decode_error_fields, decode_parameter_status
 from .verdict import Deny
 
-__all__ = ["ReplyTracker", "deny_error"]
+__all__ = ["ReplyTracker", "deny_error", "describe_entry"]
 
 _MISSING: Any = object()
 
@@ -33,7 +33,8 @@ _MISSING: Any = object()
 _PARSE, _BIND, _DESCRIBE, _EXECUTE, _CLOSE, _SYNC, _QUERY, _POISON_PARSE, _POISON_QUERY = range(9)
 _ENDS_WITH_READY = (_SYNC, _QUERY, _POISON_QUERY)
 
-# A pending entry is a plain tuple ``(kind, stmt, deny, undo)``: building a
+# A pending entry is a plain tuple ``(kind, stmt, deny, undo)`` (a Describe of a
+# prepared statement adds its name, see describe_entry): building a
 # tuple costs a fraction of an object with an ``__init__``, and one is built
 # for every message the server answers. ``undo`` is ``(dict, key, previous
 # value or _MISSING)``: how to revert a speculative map change if the server
@@ -41,6 +42,18 @@ _ENDS_WITH_READY = (_SYNC, _QUERY, _POISON_QUERY)
 KIND, STMT, DENY, UNDO = range(4)
 _SYNC_ENTRY = (_SYNC, None, None, None)
 _DESCRIBE_ENTRY = (_DESCRIBE, None, None, None)
+
+
+def describe_entry(buf: bytes, pos: int, stop: int) -> tuple:
+    """The pending entry of the Describe ``buf[pos:stop]`` of a prepared statement ('S'):
+    ``_DESCRIBE_ENTRY`` plus the statement's name, so its ParameterDescription can
+    be matched to it (see ``_on_parameter_description``). The client paths call
+    this only when the body starts with 'S'; a malformed name gets the plain entry
+    (PostgreSQL rejects the message itself)."""
+    try:
+        return (_DESCRIBE, None, None, None, decode_cstring(buf, pos + 6, stop)[0])
+    except ProtocolViolation:
+        return _DESCRIBE_ENTRY
 
 
 class ReplyTracker:
@@ -190,6 +203,9 @@ class ReplyTracker:
         if self._capturing and (t == B.NOTICE_RESPONSE or t == B.COPY_OUT_RESPONSE or t == B.COPY_IN_RESPONSE):
             self._capture_other(t, buf[pos : pos + size])
             return None
+        if t == B.PARAMETER_DESCRIPTION:
+            self._on_parameter_description(buf, pos, size)
+            return None
         if t == B.PARAMETER_STATUS:
             name, value = decode_parameter_status(buf[pos + 5 : pos + size])
             self.session.server_params[name] = value
@@ -203,6 +219,30 @@ class ReplyTracker:
         # ParameterDescription, NoticeResponse, NotificationResponse, Copy*Response,
         # CopyDone, FunctionCallResponse: relayed untouched.
         return None
+
+    def _on_parameter_description(self, buf: bytes, pos: int, size: int) -> None:
+        """PostgreSQL's parameter types for a Describe of a prepared statement.
+
+        Why: clients such as asyncpg send Parse without parameter types and learn
+        them from this reply before they Bind; with only the Parse's (none), every
+        binary Bind parameter was recorded as ``\\x<hex>``. The prepared
+        statement's types become the resolved ones, so the Executes bound to it
+        carry them (a later Parse or Close of the name replaces or drops them).
+        """
+        pending = self._pending
+        if not pending:
+            return
+        head = pending[0]
+        if head[KIND] != _DESCRIBE or len(head) < 5:
+            return
+        prepared = self._prepared.get(head[4])
+        if prepared is None:
+            return
+        count = int.from_bytes(buf[pos + 5 : pos + 7], "big")
+        if size != 7 + 4 * count:
+            return  # malformed: PostgreSQL never sends that; keep what the Parse said
+        types = tuple(int.from_bytes(buf[i : i + 4], "big") for i in range(pos + 7, pos + size, 4))
+        self._prepared[head[4]] = (prepared[0], types)
 
     def _on_server_error(self, buf: bytes, pos: int, size: int) -> bytes | None:
         pending = self._pending
@@ -224,12 +264,14 @@ class ReplyTracker:
         failed = pending.popleft()
         replacement = None
         stmt = failed[STMT]
+        error = None
         if kind == _POISON_PARSE:
             self._finish(failed, "denied")
             replacement = deny_error(failed[DENY])
         else:
+            error = decode_error_fields(buf[pos + 5 : pos + size])
             if stmt is not None:
-                stmt.error = decode_error_fields(buf[pos + 5 : pos + size])
+                stmt.error = error
             self._undo(failed)
             if kind == _PARSE and stmt is not None and not stmt.statement_name:
                 # PostgreSQL drops the unnamed statement before parsing the new one.
@@ -238,10 +280,22 @@ class ReplyTracker:
         discarded = []
         while pending and pending[0][KIND] != _SYNC:
             discarded.append(pending.popleft())
+        blamed = None
+        if kind == _BIND:
+            # A failed Bind (a parameter that does not convert, or an error while
+            # planning with the values, e.g. 1/$1 with 0) is the failure of the
+            # Execute of its portal: that one gets the error, not "skipped" with
+            # the SQLSTATE nowhere in its record.
+            portal = failed[UNDO][1]
+            for entry in discarded:
+                if entry[KIND] == _EXECUTE and entry[STMT] is not None and entry[STMT].portal_name == portal:
+                    blamed = entry
+                    entry[STMT].error = error
+                    break
         for entry in reversed(discarded):
             self._undo(entry)
         for entry in discarded:
-            self._finish(entry, "skipped")
+            self._finish(entry, "error" if entry is blamed else "skipped")
         return replacement
 
     # ------------------------------------------------------------ capture
@@ -261,8 +315,9 @@ class ReplyTracker:
         stmt = pending[0][STMT] if pending else None
         if stmt is not None and stmt.capture is not None:
             capture = stmt.capture
-            if not capture.sets:
+            if not capture.sets and capture.copy is None:
                 # Execute: the description, if any, came with a Describe in this request.
+                # (Not for COPY TO STDOUT: its CopyData is counted, not a result set.)
                 capture.describe(self._described, len(stmt.tags))
             capture.data(buf, start, stop)
 

@@ -86,15 +86,15 @@ def iso_time(t: float | None = None) -> str:
     """UTC ISO 8601 with microseconds (``2026-11-24T05:33:12.123456Z``); cheap when called often."""
     global _iso_second, _iso_prefix
     if t is None:
-        t = time.time()
+        t = _now()
     second = int(t)
     if second != _iso_second:
         _iso_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _iso_second = second
-    micros = int((t - second) * 1_000_000)
-    if micros > 999_999:
-        micros = 999_999
-    return f"{_iso_prefix}.{micros:06d}Z"
+    return "%s.%06dZ" % (_iso_prefix, (t - second) * 1_000_000)  # %d truncates: never 1000000
+
+
+_now = time.time
 
 
 def make_record(record_type: str, session: str | None, fields: dict[str, Any], at: float | None = None) -> PendingRecord:

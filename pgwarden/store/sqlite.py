@@ -126,6 +126,9 @@ class SqliteAuditStore(AuditStore):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if self.sync == 'full' else 'NORMAL'}")
             if create:
+                # Blocks are large (a load is ~50 ms of records): big pages mean fewer
+                # overflow pages per block. Only takes effect on a new file.
+                conn.execute("PRAGMA page_size=65536")
                 conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run off the event loop
                 for statement in SCHEMA:
                     conn.execute(statement)
@@ -143,8 +146,15 @@ class SqliteAuditStore(AuditStore):
         self._conn = conn
 
     async def close(self) -> None:
+        unloaded: AuditStoreError | None = None
         if self._journal_fd is not None:
-            self.load_journal()
+            try:
+                self.load_journal()
+            except AuditStoreError as exc:
+                # SQLite is still unwritable (full disk, ...): the journal keeps these
+                # records and the next open loads them, as after a crash. Close
+                # everything anyway, then say so.
+                unloaded = exc
             self._close_journal()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
@@ -158,6 +168,9 @@ class SqliteAuditStore(AuditStore):
                     pass
                 self._conn.close()
                 self._conn = None
+        if unloaded is not None:
+            raise AuditStoreError(f"{unloaded}; {len(self._unloaded)} group commit(s) left in the journal "
+                                  f"{self.journal_path}, loaded when the trail is opened for writing again")
 
     def _writable(self) -> bool:
         return os.access(self.path, os.W_OK)
@@ -410,7 +423,14 @@ class SqliteAuditStore(AuditStore):
                         self._journal_write(data)
                     except _JournalFull:
                         self._unloaded.append(entry)
-                        self.load_journal()
+                        try:
+                            self.load_journal()
+                        except BaseException:
+                            # Stored nowhere (not in the journal, not in SQLite): forget it, or
+                            # the writer's retry of this batch would be loaded next to it with
+                            # the same seqs.
+                            self._unloaded.pop()
+                            raise
                         entry = None
                 except (OSError, ValueError) as exc:
                     raise AuditStoreError(f"cannot write the audit trail {self.journal_path}: {exc}") from exc

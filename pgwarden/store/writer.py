@@ -106,6 +106,7 @@ class AuditWriter:
         self._checkpointed_seq = -1
         self._since_checkpoint = 0
         self._checkpoint_pending = False
+        self._retention_task: asyncio.Task | None = None
         self._wal_thread: threading.Thread | None = None
         self._stopping = False
         self.on_failure: Callable[[str], None] | None = None  # alert hook (issue 8 delivers alerts)
@@ -160,6 +161,8 @@ class AuditWriter:
             log.error("audit trail not flushed at shutdown: %s (%d records lost)", exc, len(self._queue),
                       extra={"event": "audit_lost"})
         self._stopping = True
+        if self._retention_task is not None:
+            self._retention_task.cancel()
         if self._retry_handle is not None:
             self._retry_handle.cancel()
         if self._load_handle is not None:
@@ -172,7 +175,12 @@ class AuditWriter:
                 pass
         if self.sinks is not None:
             await self.sinks.stop(5.0)
-        await self.store.close()
+        try:
+            await self.store.close()
+        except AuditStoreError as exc:
+            # Shutting down while the store fails (the SQLite store keeps the records
+            # in its journal): an error to log, not a traceback out of the gateway.
+            log.error("audit store not closed cleanly: %s", exc, extra={"event": "audit_close_failed"})
 
     # ------------------------------------------------------------ submitting
 
@@ -248,7 +256,9 @@ class AuditWriter:
                 rest.append(entry)
         return batch, started, ended
 
-    def _written(self, batch: list[PendingRecord], head: tuple[int, bytes]) -> None:
+    def _written(self, batch: list[PendingRecord], head: tuple[int, bytes], healthy: bool = True) -> None:
+        """``batch`` is stored. ``healthy=False``: stored in the SQLite journal while SQLite
+        itself still fails; the writer stays failed (see :meth:`_flush_inline`)."""
         del self._queue[: len(batch)]
         last = batch[-1].ticket if batch else self.issued
         self._summaries = [e for e in self._summaries if e[0] > last]
@@ -258,6 +268,12 @@ class AuditWriter:
         self._since_checkpoint += len(batch)
         if batch:
             self.durable = last
+        if not healthy:
+            # Only the bookkeeping: the retry that is pending loads the journal, and the
+            # sessions parked behind the failure were already told by _failure().
+            if self.sinks is not None and batch:
+                self.sinks.submit([(r.seq, body_for(r.seq, r.tail)) for r in batch])
+            return
         if self.failed is not None:
             self._recovered()
         gated = self._gated
@@ -286,8 +302,6 @@ class AuditWriter:
         batch, started, ended = self._take()
         try:
             head = self.store.append_sync(batch, started, ended)  # type: ignore[attr-defined]
-            if self.failed is not None and self._journal:
-                self.store.load_journal()  # type: ignore[attr-defined]  # proves SQLite is writable again
         except AuditStoreError as exc:
             self._failure(exc)
             return
@@ -295,6 +309,18 @@ class AuditWriter:
             log.exception("audit writer failed")
             self._failure(exc)
             return
+        if self.failed is not None and self._journal:
+            try:
+                self.store.load_journal()  # type: ignore[attr-defined]  # proves SQLite is writable again
+            except Exception as exc:
+                if not isinstance(exc, AuditStoreError):
+                    log.exception("audit journal load failed")
+                # The batch is in the journal now (chained, durable against a crash) even
+                # though SQLite still fails: it must leave the queue, or the next retry
+                # appends the same records again under new seqs (each stored twice).
+                self._written(batch, head, healthy=False)
+                self._failure(exc)
+                return
         self._written(batch, head)
         if self._queue and not self._scheduled:
             self._schedule()
@@ -362,7 +388,9 @@ class AuditWriter:
                 session.audit_failed()
             except Exception:
                 log.exception("releasing a session after an audit failure failed")
-        if self._inline and not self._stopping:
+        # One retry chain at a time: a failing journal load (_load) while a retry is
+        # pending must not start a second chain (and lose track of the first).
+        if self._inline and not self._stopping and self._retry_handle is None:
             self._retry_handle = self._loop.call_later(self._next_delay(), self._retry)  # type: ignore[union-attr]
 
     def _retry(self) -> None:
@@ -432,6 +460,47 @@ class AuditWriter:
                 self.store.checkpoint_wal()  # type: ignore[attr-defined]
             except Exception:
                 pass
+
+    # ------------------------------------------------------------ retention
+
+    def start_retention(self, max_age_seconds: float, every_seconds: float, open_store: Callable[[], AuditStore],
+                        why: str) -> None:
+        """AU-11: remove records older than ``max_age_seconds`` every ``every_seconds``.
+
+        Runs in a thread on its own store connection: it verifies what it is
+        about to delete first (evidence of tampering must not be destroyed), which
+        can take seconds on a large trail and must not stall the relay.
+        """
+        async def loop() -> None:
+            while True:
+                try:
+                    result = await asyncio.to_thread(self._retention_once, max_age_seconds, open_store, why)
+                except Exception as exc:
+                    log.error("audit retention failed: %s", exc, extra={"event": "audit_retention_failed"})
+                else:
+                    if result is not None and result.applied:
+                        log.info("audit retention removed %d records through seq %d", result.records,
+                                 result.through_seq, extra={"event": "audit_retention"})
+                        self.submit(make_record("audit", None, {
+                            "event": "retention", "through_seq": result.through_seq, "records": result.records,
+                            "before": result.cutoff, "why": why}))
+                await asyncio.sleep(every_seconds)
+
+        self._retention_task = self._loop.create_task(loop(), name="audit-retention")  # type: ignore[union-attr]
+
+    def _retention_once(self, max_age_seconds: float, open_store: Callable[[], AuditStore], why: str):
+        from .retention import apply_retention
+
+        async def run():
+            store = open_store()
+            await store.open(create=False)
+            try:
+                return await apply_retention(store, self.signer, max_age_seconds=max_age_seconds,
+                                             store_id=self.store_id, why=why)
+            finally:
+                await store.close()
+
+        return asyncio.run(run())
 
     # ------------------------------------------------------------ status
 

@@ -476,6 +476,17 @@ class TestPostgres:
             return
         shutil.rmtree(base, ignore_errors=True)
 
+    def stop_server(self) -> None:
+        """Shut the server down (fast) but keep its data; :meth:`start_server` brings
+        it back on the same port. For tests of clients whose server goes away."""
+        self._run(["pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "-t", "30", "-s", "stop"],
+                  "pg_ctl stop")
+
+    def start_server(self) -> None:
+        """Start a server stopped with :meth:`stop_server` again."""
+        self._run(["pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-w", "-t", str(_STARTUP_TIMEOUT),
+                   "-s", "start"], "pg_ctl start")
+
     # ------------------------------------------------------------- internals
 
     def _require_binaries(self) -> PgBinaries:

@@ -16,6 +16,7 @@ and the template costs a fraction of the generic encoder.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from base64 import b64encode
 import time
@@ -41,6 +42,7 @@ AUDIT_DENY = Deny(
     rule="audit.unavailable",
     hint="Statements run again as soon as the audit store can be written.",
 )
+_EMPTY_SHA256 = hashlib.sha256().hexdigest()
 _PLAIN_ALLOW = b',"decision":{"action":"allow","rule":null,"message":null,"alerts":[]}}'
 
 
@@ -73,30 +75,43 @@ def _tag(tag: str) -> tuple[str, int]:
     return found
 
 
-_describe_cache: dict[bytes, str] = {}
+_describe_cache: dict[tuple[bytes, tuple[int, ...] | None], str] = {}
 
 
-def _columns_json(description: bytes) -> str:
-    """``{"columns":[...]`` for a RowDescription message (cached: clients repeat shapes)."""
-    cached = _describe_cache.get(description)
+def _columns_json(description: bytes, formats: tuple[int, ...] | None = None) -> str:
+    """``{"columns":[...]`` for a RowDescription message (cached: clients repeat shapes).
+
+    ``formats``: the Bind's result format codes, when the rows came from an
+    Execute. They override the description's, because a RowDescription answering
+    a Describe of a *statement* always says text (0): the formats are only chosen
+    at Bind. (asyncpg describes its statement in the same request as the Execute,
+    and binds binary results: recorded as text, those columns were undecodable.)
+    """
+    key = (description, formats)
+    cached = _describe_cache.get(key)
     if cached is not None:
         return cached
     columns = []
+    fmts = []
     try:
         count = struct.unpack_from("!h", description, 5)[0]
         pos = 7
-        for _ in range(count):
+        for i in range(count):
             stop = description.index(b"\x00", pos)
             name = description[pos:stop].decode("utf-8", "replace")
             _table, _attr, type_oid, _size, _mod, fmt = struct.unpack_from("!IhIhih", description, stop + 1)
             pos = stop + 19
+            if formats is not None:  # the Bind's rule: none = text, one = all columns, else one each
+                fmt = (formats[0] if len(formats) == 1 else formats[i] if i < len(formats) else 0) if formats else 0
             columns.append(f'{{"name":{json_str(name)},"type":{type_oid},"format":{fmt}}}')
+            fmts.append(str(fmt))
     except (struct.error, ValueError):
-        return '{"columns":null'
-    text = '{"columns":[' + ",".join(columns) + "]"
+        return '{"columns":null,"formats":[' + ",".join(map(str, formats or ())) + "]"
+    # "formats" as in docs/audit.md's example: there whether or not columns are known.
+    text = '{"columns":[' + ",".join(columns) + '],"formats":[' + ",".join(fmts) + "]"
     if len(_describe_cache) > 4096:
         _describe_cache.clear()
-    _describe_cache[description] = text
+    _describe_cache[key] = text
     return text
 
 
@@ -321,6 +336,10 @@ class Recorder:
         if capture is not None:
             if capture.sets:
                 parts.append(self._results_json(stmt, capture, tags))
+            elif capture.sha is not None:
+                # COPY TO STDOUT: no result set (CopyData is not kept as rows), but the
+                # digest and size of what was sent are still due (docs/audit.md).
+                parts.append(f',"sha256":"{capture.sha.hexdigest()}","result_bytes":{capture.total}')
             if capture.notices or capture.copy is not None:
                 self._other_fields(capture, parts)
         parts.append("}")
@@ -338,17 +357,23 @@ class Recorder:
                 data, count, cut = whole_messages(raw, budget)
             budget -= count
             if description is not None:
-                head = _columns_json(description)
+                head = _columns_json(description, capture.formats)
             else:
                 formats = capture.formats
                 head = '{"columns":null,"formats":[' + ",".join(map(str, formats or ())) + "]"
             tag = json_str(tags[tag_index]) if tag_index < len(tags) else "null"
+            # kept_bytes is the size of ``data``, not of the raw bytes held: those can
+            # run past max_rows (up to max_bytes), so len(raw) overstated what was kept.
             sets.append(
-                f'{head},"tag":{tag},"kept_bytes":{len(raw)},"captured_rows":{count},'
+                f'{head},"tag":{tag},"kept_bytes":{len(data)},"captured_rows":{count},'
                 f'"truncated":{"true" if (truncated or cut) else "false"},'
                 f'"data":"{b64encode(data).decode("ascii")}"}}'
             )
-        return f',"results":[{",".join(sets)}],"sha256":"{capture.sha.hexdigest()}","result_bytes":{capture.total}'
+        # No row at all (a SELECT returning nothing, or one that failed after its
+        # RowDescription) leaves ``sha`` unset: the digest of nothing, not an
+        # AttributeError that lost the whole result record.
+        digest = capture.sha.hexdigest() if capture.sha is not None else _EMPTY_SHA256
+        return f',"results":[{",".join(sets)}],"sha256":"{digest}","result_bytes":{capture.total}'
 
     @staticmethod
     def _other_fields(capture: ResultCapture, parts: list[str]) -> None:
@@ -364,4 +389,6 @@ class Recorder:
         if capture.copy == "in":
             parts.append(f',"copy":{{"direction":"in","bytes":{capture.copy_in},"messages":{capture.copy_in_messages}}}')
         elif capture.copy == "out":
-            parts.append(f',"copy":{{"direction":"out","bytes":{capture.total}}}')
+            parts.append(
+                f',"copy":{{"direction":"out","bytes":{capture.copy_out},"messages":{capture.copy_out_messages}}}'
+            )
