@@ -48,22 +48,32 @@ class ResultCapture:
         self.sets.append([description, bytearray(), False, tag_index])
 
     def data(self, buf: bytes, start: int, stop: int) -> None:
-        """Bytes ``buf[start:stop]`` of DataRow/CopyData messages were sent to the client."""
-        view = memoryview(buf)[start:stop]
-        sha = self.sha
-        if sha is None:
-            sha = self.sha = hashlib.sha256()
-        sha.update(view)
+        """Bytes ``buf[start:stop]`` of DataRow/CopyData messages were sent to the client.
+
+        Hashing is lazy: while every byte sent is also kept (the common, small
+        result) the digest is computed once, over the kept bytes, when the record
+        is built (:meth:`hexdigest`); from the first byte that is not kept on, a
+        running SHA-256 (seeded with what was kept) takes over.
+        """
         n = stop - start
         self.total += n
+        sha = self.sha
+        room = self.max_bytes - self.kept
+        if sha is None and n <= room and self.copy is None:
+            current = self.sets[-1] if self.sets else self._new_set()
+            current[1] += buf[start:stop] if n < 4096 else memoryview(buf)[start:stop]
+            self.kept += n
+            return
+        view = memoryview(buf)[start:stop]
+        if sha is None:
+            sha = self.sha = hashlib.sha256()
+            for kept in self.sets:
+                sha.update(kept[1])
+        sha.update(view)
         if self.copy == "out":
             self._copy_out_data(buf, start, stop)
             return
-        sets = self.sets
-        if not sets:
-            sets.append([None, bytearray(), False, 0])
-        current = sets[-1]
-        room = self.max_bytes - self.kept
+        current = self.sets[-1] if self.sets else self._new_set()
         if room <= 0:
             current[2] = True
             return
@@ -74,6 +84,22 @@ class ResultCapture:
         else:
             current[1] += view
             self.kept += n
+
+    def _new_set(self) -> list:
+        current = [None, bytearray(), False, 0]
+        self.sets.append(current)
+        return current
+
+    def hexdigest(self) -> str | None:
+        """SHA-256 of everything sent (None when nothing was)."""
+        if self.sha is not None:
+            return self.sha.hexdigest()
+        if not self.total:
+            return None
+        sets = self.sets
+        if len(sets) == 1:
+            return hashlib.sha256(sets[0][1]).hexdigest()
+        return hashlib.sha256(b"".join(kept[1] for kept in sets)).hexdigest()
 
     def _keep(self, view: memoryview) -> None:
         """Keep DataRow bytes under the byte cap (as :meth:`data` does inline)."""

@@ -92,6 +92,7 @@ class AuditWriter:
         self._summaries: list[tuple[int, str, SessionSummary]] = []  # (ticket, "start"|"end", row)
         self._gated: set = set()
         self._inline = bool(getattr(store, "kind", "") == "sqlite" and getattr(store, "sync", "") == "normal")
+        self._append = getattr(store, "append_sync", None)
         self._scheduled = False
         self._lazy: asyncio.TimerHandle | None = None
         self._journal = hasattr(store, "load_journal")  # the SQLite store writes a journal first
@@ -212,9 +213,46 @@ class AuditWriter:
         return self._inline
 
     def flush_now(self) -> None:
-        """Write everything queued now (inline stores only); on failure ``failed`` is set."""
-        if self._retry_handle is None:
+        """Write everything queued now (inline stores only); on failure ``failed`` is set.
+
+        Runs for every client read that carries statements, so the common case
+        (healthy store, no session rows, one batch) is written out inline here;
+        everything else takes :meth:`_flush_inline`."""
+        queue = self._queue
+        if not queue or self._retry_handle is not None:
+            return
+        if self._summaries or self.failed is not None or len(queue) > self.max_batch or self.sinks is not None:
             self._flush_inline()
+            return
+        self._queue = []
+        try:
+            head = self._append(queue)
+        except Exception as exc:
+            self._queue = queue + self._queue
+            if not isinstance(exc, AuditStoreError):
+                log.exception("audit writer failed")
+            self._failure(exc)
+            return
+        self.head = head
+        n = len(queue)
+        self.written += n
+        self.batches += 1
+        self._since_checkpoint += n
+        self.durable = queue[-1].ticket
+        if self._gated:
+            self._release()
+        if self._load_handle is None:
+            self._load_handle = self._loop.call_later(LOAD_DELAY, self._load)  # type: ignore[union-attr]
+        if self._since_checkpoint >= self.checkpoint_records and not self._checkpoint_pending:
+            self._checkpoint_pending = True
+            self._loop.create_task(self.checkpoint("interval"))  # type: ignore[union-attr]
+
+    def _release(self) -> None:
+        gated = self._gated
+        durable = self.durable
+        for session in [s for s in gated if s.info.audit_ticket <= durable]:
+            gated.discard(session)
+            session.audit_released()
 
     def _lazy_flush(self) -> None:
         self._lazy = None
@@ -276,12 +314,8 @@ class AuditWriter:
             return
         if self.failed is not None:
             self._recovered()
-        gated = self._gated
-        if gated:
-            durable = self.durable
-            for session in [s for s in gated if s.info.audit_ticket <= durable]:
-                gated.discard(session)
-                session.audit_released()
+        if self._gated:
+            self._release()
         if self.sinks is not None and batch:
             self.sinks.submit([(r.seq, body_for(r.seq, r.tail)) for r in batch])
             lost = self.sinks.take_drop_report()

@@ -25,7 +25,7 @@ from typing import Any
 from ...config_audit import AuditConfig
 from ...session.capture import ResultCapture, whole_messages
 from ...session.statement import AuthEvent, SessionInfo, Statement
-from ...session.verdict import Deny, Rewrite, Verdict
+from ...session.verdict import Allow, Deny, Rewrite, Verdict
 from ...store.base import SessionSummary
 from ...store.records import PendingRecord, iso_time, json_str, make_record
 from ...store.writer import AuditWriter
@@ -44,6 +44,7 @@ AUDIT_DENY = Deny(
 )
 _EMPTY_SHA256 = hashlib.sha256().hexdigest()
 _PLAIN_ALLOW = b',"decision":{"action":"allow","rule":null,"message":null,"alerts":[]}}'
+_PLAIN_ALLOW_TEXT = _PLAIN_ALLOW.decode()
 
 
 class _SessionState:
@@ -231,6 +232,66 @@ class Recorder:
         """The final verdict for ``stmt``: write its statement record (write-ahead)."""
         writer = self.writer
         cls = verdict.__class__
+        decision = stmt.decision
+        if (
+            cls is Allow
+            and writer.failed is None
+            and (decision is None or (decision.rule is None and not decision.alerts))
+            and stmt.kind == "execute"
+            and stmt.text is not None
+        ):
+            # An allowed Execute (prepared statements: the common extended case) in one template.
+            info = stmt.session
+            state = info.extra.get("_recorder")
+            try:
+                bind = read_bind(stmt)
+            except ValueError:
+                bind = None
+            if state is not None and bind is not None:
+                n = state.n = state.n + 1
+                state.statements += 1
+                stmt.number = n
+                at = iso_time()
+                types = stmt.param_types
+                typed = ',"param_types":[' + ",".join(map(str, types)) + "]" if types else ""
+                tail = (
+                    f'"at":"{at}","type":"statement","session":"{info.id}","n":{n},"request":{stmt.request},'
+                    f'"kind":"execute","protocol":"extended","text":{json_str(stmt.text)},'
+                    f'"statement_name":{json_str(stmt.statement_name or "")},'
+                    f'"portal_name":{json_str(stmt.portal_name or "")},"params":{decode_params(stmt, bind)}'
+                    f"{typed}{_PLAIN_ALLOW_TEXT}"
+                )
+                info.audit_ticket = writer.submit(
+                    PendingRecord(info.id, "statement", at, tail.encode("utf-8", "surrogatepass")), True
+                )
+                if self.results:
+                    capture = stmt.capture = ResultCapture(self.max_bytes)
+                    capture.formats = bind[2]
+                return verdict
+        if (
+            cls is Allow
+            and stmt.protocol == "simple"
+            and writer.failed is None
+            and (decision is None or (decision.rule is None and not decision.alerts))
+        ):
+            # The common case in one template (the general path below builds the same record).
+            info = stmt.session
+            state = info.extra.get("_recorder")
+            if state is not None and stmt.text is not None:
+                n = state.n = state.n + 1
+                state.statements += 1
+                stmt.number = n
+                at = iso_time()
+                tail = (
+                    f'"at":"{at}","type":"statement","session":"{info.id}","n":{n},"request":{stmt.request},'
+                    f'"kind":"{stmt.kind}","protocol":"simple","text":{json_str(stmt.text)}{_PLAIN_ALLOW_TEXT}'
+                )
+                info.audit_ticket = writer.submit(
+                    PendingRecord(info.id, "statement", at, tail.encode("utf-8", "surrogatepass")), True
+                )
+                if self.results:
+                    stmt.capture = ResultCapture(self.max_bytes)
+                return verdict
         bind = None
         if writer.failed is not None and cls is not Deny and self.refuse:
             verdict = AUDIT_DENY
@@ -307,6 +368,31 @@ class Recorder:
         status = stmt.status
         at = iso_time()
         tags = stmt.tags
+        capture = stmt.capture
+        if (
+            status == "ok"
+            and len(tags) == 1
+            and capture is not None
+            and len(capture.sets) == 1
+            and capture.sha is None
+            and capture.notices is None
+            and capture.copy is None
+        ):
+            # The common case (one result set, all of it kept) in one template.
+            tag_json, rows = _tag(tags[0])
+            description, raw, _truncated, tag_index = capture.sets[0]
+            if tag_index == 0 and 0 < rows <= self.max_rows:
+                head = (_columns_json(description, capture.formats) if description is not None else
+                        '{"columns":null,"formats":[' + ",".join(map(str, capture.formats or ())) + "]")
+                tail = (
+                    f'"at":"{at}","type":"result","session":"{info.id}","n":{stmt.number},"status":"ok",'
+                    f'"tags":[{tag_json}],"rows":{rows},"duration_ms":{stmt.duration_ns / 1e6:.3f},'
+                    f'"txn":"{info.txn_status}","results":[{head},"tag":{tag_json},"kept_bytes":{len(raw)},'
+                    f'"captured_rows":{rows},"truncated":false,"data":"{b64encode(raw).decode("ascii")}"}}],'
+                    f'"sha256":"{capture.hexdigest()}","result_bytes":{capture.total}}}'
+                )
+                self.writer.submit(PendingRecord(info.id, "result", at, tail.encode("utf-8", "surrogatepass")))
+                return
         if len(tags) == 1:
             tags_json, rows = _tag(tags[0])
         else:
@@ -336,10 +422,10 @@ class Recorder:
         if capture is not None:
             if capture.sets:
                 parts.append(self._results_json(stmt, capture, tags))
-            elif capture.sha is not None:
+            elif capture.total:
                 # COPY TO STDOUT: no result set (CopyData is not kept as rows), but the
                 # digest and size of what was sent are still due (docs/audit.md).
-                parts.append(f',"sha256":"{capture.sha.hexdigest()}","result_bytes":{capture.total}')
+                parts.append(f',"sha256":"{capture.hexdigest()}","result_bytes":{capture.total}')
             if capture.notices or capture.copy is not None:
                 self._other_fields(capture, parts)
         parts.append("}")
@@ -372,7 +458,7 @@ class Recorder:
         # No row at all (a SELECT returning nothing, or one that failed after its
         # RowDescription) leaves ``sha`` unset: the digest of nothing, not an
         # AttributeError that lost the whole result record.
-        digest = capture.sha.hexdigest() if capture.sha is not None else _EMPTY_SHA256
+        digest = capture.hexdigest() or _EMPTY_SHA256
         return f',"results":[{",".join(sets)}],"sha256":"{digest}","result_bytes":{capture.total}'
 
     @staticmethod
