@@ -83,15 +83,13 @@ def parse_when(text: str, now: float | None = None) -> str:
 @asynccontextmanager
 async def open_reader(config: Config) -> AsyncIterator[AuditStore]:
     """The configured audit store, opened for reading (never created)."""
-    store = store_for(config)
+    from .audit import AuditServiceError, reader
+
     try:
-        await store.open(create=False)
-    except AuditStoreError as exc:
+        async with reader(config) as store:
+            yield store
+    except AuditServiceError as exc:
         raise SessionsError(str(exc)) from exc
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def list_sessions(store: AuditStore, filters: SessionFilter) -> list[SessionSummary]:

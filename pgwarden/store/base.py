@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -97,6 +98,14 @@ class SessionFilter:
     only_refused: bool = False
     only_masked: bool = False
     limit: int = 100
+
+    def matches(self, summary: "SessionSummary") -> bool:
+        """The filters a store cannot express in SQL (globs on identity and roles)."""
+        if self.identity and not (
+            fnmatchcase(summary.subject or "", self.identity) or fnmatchcase(summary.user, self.identity)
+        ):
+            return False
+        return not self.role or any(fnmatchcase(r, self.role) for r in summary.roles)
 
 
 class AuditStore:

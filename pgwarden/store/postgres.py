@@ -39,7 +39,6 @@ import asyncio
 import re
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
@@ -475,11 +474,7 @@ class PostgresAuditStore(AuditStore):
             rows = await self._fetch("fetch", sql, *values)
             for row in rows:
                 summary = _summary(row)
-                if filters.identity and not (
-                    fnmatchcase(summary.subject or "", filters.identity) or fnmatchcase(summary.user, filters.identity)
-                ):
-                    continue
-                if filters.role and not any(fnmatchcase(r, filters.role) for r in summary.roles):
+                if not filters.matches(summary):
                     continue
                 found.append(summary)
                 if len(found) >= filters.limit:

@@ -27,7 +27,6 @@ import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Sequence
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 from .base import AuditStore, AuditStoreError, SessionFilter, SessionSummary, StoredCheckpoint, StoredRecord
@@ -263,14 +262,17 @@ class SqliteAuditStore(AuditStore):
         self.journal_path.unlink(missing_ok=True)
 
     def _insert(self, rows: list[tuple], started: Sequence[SessionSummary], ended: Sequence[SessionSummary] = ()) -> None:
+        """Rows recovered from a journal, as one block."""
+        block = (rows[0][0], rows[-1][0], rows[0][1], rows[-1][4], encode_block(rows)) if rows else None
+        self._insert_block(block, started, ended)
+
+    def _insert_block(self, block: tuple | None, started: Sequence[SessionSummary], ended: Sequence[SessionSummary]) -> None:
+        """One transaction: a block (first seq, last seq, first at, last hash, data) and session rows."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if rows:
-                conn.execute(
-                    "INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
-                    (rows[0][0], rows[-1][0], rows[0][1], rows[-1][4], encode_block(rows)),
-                )
+            if block is not None:
+                conn.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?)", block)
             if started:
                 conn.executemany(
                     f"INSERT OR IGNORE INTO sessions ({_SESSION_COLUMNS}) VALUES ({','.join('?' * 17)})",
@@ -301,32 +303,13 @@ class SqliteAuditStore(AuditStore):
             blocks, sessions = self._unloaded, self._unloaded_sessions
             if not blocks and not sessions:
                 return
-            conn = self.conn
+            block = None
+            if blocks:
+                block = (blocks[0][0], blocks[-1][1], blocks[0][2], blocks[-1][3], b"".join(b[4] for b in blocks))
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    if blocks:
-                        conn.execute(
-                            "INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
-                            (blocks[0][0], blocks[-1][1], blocks[0][2], blocks[-1][3], b"".join(b[4] for b in blocks)),
-                        )
-                    started = [s for kind, s in sessions if kind == "start"]
-                    ended = [s for kind, s in sessions if kind == "end"]
-                    if started:
-                        conn.executemany(
-                            f"INSERT OR IGNORE INTO sessions ({_SESSION_COLUMNS}) VALUES ({','.join('?' * 17)})",
-                            [_session_row(s) for s in started],
-                        )
-                    if ended:
-                        conn.executemany(
-                            f"INSERT OR REPLACE INTO sessions ({_SESSION_COLUMNS}) VALUES ({','.join('?' * 17)})",
-                            [_session_row(s) for s in ended],
-                        )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+                self._insert_block(
+                    block, [s for kind, s in sessions if kind == "start"], [s for kind, s in sessions if kind == "end"]
+                )
             except sqlite3.Error as exc:
                 raise AuditStoreError(f"cannot write the audit trail {self.path}: {exc}") from exc
             self._unloaded, self._unloaded_sessions = [], []
@@ -569,11 +552,7 @@ class SqliteAuditStore(AuditStore):
         found = []
         for row in self._query(sql, tuple(args)):
             summary = _summary(row)
-            if filters.identity and not (
-                fnmatchcase(summary.subject or "", filters.identity) or fnmatchcase(summary.user, filters.identity)
-            ):
-                continue
-            if filters.role and not any(fnmatchcase(r, filters.role) for r in summary.roles):
+            if not filters.matches(summary):
                 continue
             found.append(summary)
             if len(found) >= filters.limit:
