@@ -319,6 +319,9 @@ class ReplyTracker:
                 # Execute: the description, if any, came with a Describe in this request.
                 # (Not for COPY TO STDOUT: its CopyData is counted, not a result set.)
                 capture.describe(self._described, len(stmt.tags))
+                # One Describe answers for one Execute: a later Execute in the same
+                # request without its own Describe must not borrow these columns.
+                self._described = None
             capture.data(buf, start, stop)
 
     def _capture_description(self, description: bytes) -> None:
