@@ -364,7 +364,7 @@ def test_sqlite_store_unwritable_allow_and_alert_forwards_and_alerts(tmp_path, p
 def test_sqlite_commit_larger_than_the_journal_fails_without_a_trace(tmp_path, monkeypatch):
     """A group commit too large for the journal goes straight to SQLite; when SQLite fails
     then, the commit is kept nowhere, and the writer's retry of it chains correctly."""
-    from pgwarden.store import sqlite as sqlite_store
+    from pgwarden.store import journal as sqlite_store  # the journal lives in journal.py
     from pgwarden.store.base import AuditStoreError
     from pgwarden.store.records import GENESIS, chain_hash, make_record
 

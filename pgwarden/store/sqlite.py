@@ -1,28 +1,25 @@
-"""The embedded audit store: one SQLite file in WAL mode.
+"""The embedded audit store: one SQLite file in WAL mode, behind a write-ahead journal.
 
-Why these settings: WAL lets ``pgwarden sessions`` and ``pgwarden audit
-verify`` read while the gateway writes. ``synchronous=NORMAL`` makes a commit
-a ``write()`` into the WAL file, which the OS keeps when the gateway is killed
-(kill -9 loses nothing committed); ``sync: full`` adds an fsync per group commit
-for power loss. The WAL is checkpointed from a background thread so the
+Group commits go to a preallocated, memory-mapped journal next to the database
+(``audit.sqlite.journal``): a record copied into a shared mapping is in the
+page cache as soon as the copy ends, so it survives kill -9 of the gateway,
+and the event loop pays a memory copy instead of a system call and an SQLite
+transaction per commit. ``sync: full`` adds an msync (power loss). Every 50 ms
+(and before checkpoints, retention and close) the journal's records move into
+SQLite as one ``blocks`` row (``blocks.py``); a gateway that crashed loads what
+its journal holds when it opens the store again, and readers read the journal
+too. One gateway writes a file (an flock on ``audit.sqlite.lock``); gateways
+sharing a trail use the PostgreSQL store.
+
+WAL lets ``pgwarden sessions`` and ``pgwarden audit verify`` read while the
+gateway writes. The WAL is checkpointed from a background thread so the
 occasional fsync of a checkpoint never blocks the event loop (automatic
 checkpoints are off on the writer's connection).
-
-Records are packed one group commit per row (``blocks.py``): about 12 µs per
-commit whatever its size, where a row per record cost 2.5 µs more per record.
-
-The writer's connection is used only from the event loop thread (``append``
-runs synchronously: a group commit of a few dozen records takes tens of
-microseconds, less than handing it to a thread would). Readers open their own
-connection.
 """
 
 from __future__ import annotations
 
-import asyncio
-import fcntl
 import json
-import mmap
 import os
 import sqlite3
 import threading
@@ -30,20 +27,11 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from .base import AuditStore, AuditStoreError, SessionFilter, SessionSummary, StoredCheckpoint, StoredRecord
-from .blocks import chain_block, decode_block, encode_block
-from .records import GENESIS, PendingRecord, build_rows, chain_hash, fill_session_seqs
+from .blocks import decode_block, encode_block
+from .journal import JournalMixin
+from .records import GENESIS
 
 __all__ = ["SqliteAuditStore"]
-
-#: Bytes of write-ahead journal mapped in memory (preallocated on disk).
-JOURNAL_SIZE = 32 * 1024 * 1024
-_ENTRY_HEADER = 44  # blocks.py: seq (8) + hash (32) + length (4)
-_END_MARK = bytes(_ENTRY_HEADER)  # seq 0: nothing follows
-
-
-class _JournalFull(Exception):
-    pass
-
 
 SCHEMA = (
     # One row per group commit (see blocks.py); last_hash makes reading the head cheap.
@@ -86,7 +74,7 @@ def _summary(row: tuple) -> SessionSummary:
     )
 
 
-class SqliteAuditStore(AuditStore):
+class SqliteAuditStore(JournalMixin, AuditStore):
     kind = "sqlite"
 
     def __init__(self, path: str | os.PathLike[str], *, sync: str = "normal") -> None:
@@ -180,87 +168,6 @@ class SqliteAuditStore(AuditStore):
             raise AuditStoreError("the audit store is not open")
         return self._conn
 
-    # ------------------------------------------------------------ journal
-
-    def _take_writer_lock(self) -> None:
-        """One gateway writes an SQLite trail (several gateways share the postgres store)."""
-        lock_path = Path(str(self.path) + ".lock")
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise AuditStoreError(
-                f"another gateway is writing the audit trail {self.path}; gateways that share a trail "
-                "need the postgres audit store"
-            ) from None
-        self._lock_fd = fd
-
-    def _open_journal(self) -> None:
-        """Map the journal: a preallocated file, so appending is a memory copy, not a system call.
-
-        A write into a shared mapping is in the page cache the moment the copy
-        ends, so it survives a kill -9 of the gateway exactly like ``write()``
-        would, at a tenth of the cost. The file is preallocated (fallocate) so a
-        full disk can never turn a copy into SIGBUS; when the journal fills up
-        before the next load, the load runs at once.
-        """
-        fd = os.open(self.journal_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size < JOURNAL_SIZE:
-                os.posix_fallocate(fd, 0, JOURNAL_SIZE)
-            self._journal_map = mmap.mmap(fd, JOURNAL_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        except OSError as exc:
-            os.close(fd)
-            raise AuditStoreError(f"cannot create the audit journal {self.journal_path}: {exc.strerror or exc}") from exc
-        self._journal_map[:_ENTRY_HEADER] = bytes(_ENTRY_HEADER)  # an empty journal
-        self._journal_fd = fd
-        self._journal_size = 0
-
-    def _close_journal(self) -> None:
-        if self._journal_map is not None:
-            self._journal_map.close()
-            self._journal_map = None
-        if self._journal_fd is not None:
-            os.close(self._journal_fd)
-            self._journal_fd = None
-
-    def _journal_write(self, data: bytes) -> None:
-        """Append ``data`` (whole entries) to the journal, then mark its new end."""
-        mm = self._journal_map
-        start = self._journal_size
-        end = start + len(data)
-        if end + _ENTRY_HEADER > JOURNAL_SIZE:
-            raise _JournalFull
-        mm[start:end] = data
-        mm[end : end + _ENTRY_HEADER] = _END_MARK
-        if self.sync == "full":
-            page = start - start % mmap.PAGESIZE
-            mm.flush(page, end + _ENTRY_HEADER - page)
-        self._journal_size = end
-
-    def _read_journal(self) -> list[tuple]:
-        """The journal's valid entries: they run until the end mark, a gap in seq, or a bad hash."""
-        try:
-            data = self.journal_path.read_bytes()
-        except FileNotFoundError:
-            return []
-        out: list[tuple] = []
-        for r in decode_block(data):
-            if r.seq == 0 or (out and (r.seq != out[-1][0] + 1 or r.hash != chain_hash(out[-1][4], r.body))):
-                break
-            out.append((r.seq, r.at, r.session, r.type, r.hash, r.body))
-        return out
-
-    def _recover_journal(self) -> None:
-        """After a crash: load what the journal has beyond SQLite (and rebuild session rows)."""
-        rows = self._read_journal()
-        seq, _ = self._head_locked()
-        rows = [r for r in rows if r[0] > seq]
-        if rows:
-            self._insert(rows, (), summaries_from_rows(rows, self))
-        self.journal_path.unlink(missing_ok=True)
-
     def _insert(self, rows: list[tuple], started: Sequence[SessionSummary], ended: Sequence[SessionSummary] = ()) -> None:
         """Rows recovered from a journal, as one block."""
         block = (rows[0][0], rows[-1][0], rows[0][1], rows[-1][4], encode_block(rows)) if rows else None
@@ -289,34 +196,6 @@ class SqliteAuditStore(AuditStore):
                 conn.execute("ROLLBACK")
             raise
 
-    def _catch_up(self) -> None:
-        """Readers on the writer's own store object see everything it appended."""
-        if self._journal_fd is not None and (self._unloaded or self._unloaded_sessions):
-            self.load_journal()
-
-    def load_journal(self) -> None:
-        """Move the journal's records into SQLite (one block) and empty it.
-
-        Called by the writer every few milliseconds, and before anything that
-        reads or rewrites SQLite (checkpoints, retention, close)."""
-        with self._jlock:
-            blocks, sessions = self._unloaded, self._unloaded_sessions
-            if not blocks and not sessions:
-                return
-            block = None
-            if blocks:
-                block = (blocks[0][0], blocks[-1][1], blocks[0][2], blocks[-1][3], b"".join(b[4] for b in blocks))
-            try:
-                self._insert_block(
-                    block, [s for kind, s in sessions if kind == "start"], [s for kind, s in sessions if kind == "end"]
-                )
-            except sqlite3.Error as exc:
-                raise AuditStoreError(f"cannot write the audit trail {self.path}: {exc}") from exc
-            self._unloaded, self._unloaded_sessions = [], []
-            if self._journal_map is not None:
-                self._journal_map[:_ENTRY_HEADER] = _END_MARK
-            self._journal_size = 0
-
     def checkpoint_wal(self) -> None:
         """Copy the WAL into the database file (called from a background thread)."""
         path = self.path
@@ -328,6 +207,9 @@ class SqliteAuditStore(AuditStore):
                 conn.close()
         except sqlite3.Error:
             pass  # busy or unwritable: the next round tries again
+
+    def _recovered_sessions(self, rows: list[tuple]) -> list[SessionSummary]:
+        return summaries_from_rows(rows, self)
 
     # ------------------------------------------------------------ meta
 
@@ -372,106 +254,13 @@ class SqliteAuditStore(AuditStore):
             return row[0], bytes.fromhex(json.loads(row[1])["hash"])
         return 0, GENESIS
 
-    async def append(self, pending, sessions_started=(), sessions_ended=()) -> tuple[int, bytes]:
-        if self.sync == "full":  # an fdatasync per group commit: off the event loop
-            return await asyncio.to_thread(self.append_sync, pending, sessions_started, sessions_ended)
-        return self.append_sync(pending, sessions_started, sessions_ended)
-
-    def append_sync(
-        self,
-        pending: Sequence[PendingRecord],
-        sessions_started: Sequence[SessionSummary] = (),
-        sessions_ended: Sequence[SessionSummary] = (),
-    ) -> tuple[int, bytes]:
-        """One group commit: chain the records and append them to the journal with one
-        ``write()`` (durable against a crash of the gateway; with ``sync: full`` also
-        ``fdatasync``). They reach SQLite with the next :meth:`load_journal`."""
-        fd = self._journal_fd
-        if fd is None:
-            raise AuditStoreError("the audit store is not open for writing")
-        with self._jlock:
-            head = self._head
-            if head is None:
-                head = self._head = self._current_head()
-            if pending:
-                data, seq, previous = chain_block(head[0], head[1], pending)
-                entry = (head[0] + 1, seq, pending[0].at, previous, data)
-                try:
-                    self._journal_write(data)
-                except _JournalFull:
-                    # Make room: load what the journal holds into SQLite; a commit larger
-                    # than the whole journal goes straight to SQLite.
-                    self.load_journal()
-                    try:
-                        self._journal_write(data)
-                    except _JournalFull:
-                        self._unloaded.append(entry)
-                        try:
-                            self.load_journal()
-                        except BaseException:
-                            # Stored nowhere (not in the journal, not in SQLite): forget it, or
-                            # the writer's retry of this batch would be loaded next to it with
-                            # the same seqs.
-                            self._unloaded.pop()
-                            raise
-                        entry = None
-                except (OSError, ValueError) as exc:
-                    raise AuditStoreError(f"cannot write the audit trail {self.journal_path}: {exc}") from exc
-                if entry is not None:
-                    self._unloaded.append(entry)
-                self._head = (seq, previous)
-                if sessions_started or sessions_ended:
-                    fill_session_seqs(pending, sessions_started, sessions_ended)
-            if sessions_started or sessions_ended:
-                self._unloaded_sessions.extend(("start", s) for s in sessions_started)
-                self._unloaded_sessions.extend(("end", s) for s in sessions_ended)
-            return self._head
-
-    def _current_head(self) -> tuple[int, bytes]:
-        if self._unloaded:
-            last = self._unloaded[-1]
-            return last[1], last[3]
-        return self._head_locked()
-
-    def _append_locked(self, pending, sessions_started, sessions_ended, checkpoint) -> tuple[int, bytes]:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            seq, previous = self._head_locked()
-            if pending:
-                rows, seq, previous = build_rows(seq, previous, pending)
-                conn.execute(
-                    "INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
-                    (rows[0][0], seq, rows[0][1], previous, encode_block(rows)),
-                )
-                fill_session_seqs(pending, sessions_started, sessions_ended)
-            if sessions_started:
-                conn.executemany(
-                    f"INSERT OR IGNORE INTO sessions ({_SESSION_COLUMNS}) VALUES ({','.join('?' * 17)})",
-                    [_session_row(s) for s in sessions_started],
-                )
-            if sessions_ended:
-                conn.executemany(
-                    f"INSERT OR REPLACE INTO sessions ({_SESSION_COLUMNS}) VALUES ({','.join('?' * 17)})",
-                    [_session_row(s) for s in sessions_ended],
-                )
-            if checkpoint is not None:
-                conn.execute(
-                    "INSERT INTO checkpoints(seq, at, body, signature) VALUES (?, ?, ?, ?)",
-                    (checkpoint.seq, checkpoint.at, checkpoint.body, checkpoint.signature),
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        self._head = (seq, previous)
-        return seq, previous
-
     async def add_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
         try:
-            self.load_journal()
-            self._append_locked((), (), (), checkpoint)
+            self.load_journal()  # the records it signs are in SQLite before it is
+            self.conn.execute(
+                "INSERT INTO checkpoints(seq, at, body, signature) VALUES (?, ?, ?, ?)",
+                (checkpoint.seq, checkpoint.at, checkpoint.body, checkpoint.signature),
+            )
         except sqlite3.Error as exc:
             raise AuditStoreError(f"cannot write the audit trail {self.path}: {exc}") from exc
 
