@@ -194,3 +194,19 @@ def test_grace_period_closes_sessions_that_never_finish(served):
     assert time.monotonic() - started < 10
     with pytest.raises(psycopg.OperationalError):
         stuck.execute("select 1")
+
+
+def test_serve_refuses_to_start_without_its_audit_trail(tmp_path, pg):
+    """Fail closed: a trail that cannot be opened (or a key that cannot be made) stops the start, in one line."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "audit.sqlite").write_text("not a database")
+    config = write_config(tmp_path / "cfg.yaml", {**base_config(pg), "data_dir": str(data)})
+    res = run_cli("serve", "--config", str(config))
+    assert res.returncode == 1
+    assert "cannot start the audit trail" in res.stderr and "audit.sqlite" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    (data / "audit.sqlite").unlink()
+    (data / "audit-signing.key").write_text("-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+    res = run_cli("serve", "--config", str(config))
+    assert res.returncode == 1 and "signing key" in res.stderr, res.stderr

@@ -68,8 +68,13 @@ def serve(config: ConfigOption = None) -> None:
 
     setup_logging(cfg.logging.level, cfg.logging.format, cfg.logging.file)
     install_uvloop()
+    from ..store import AuditStoreError
+
     try:
         asyncio.run(run(cfg))
+    except AuditStoreError as exc:
+        # Fail closed: without its audit trail the gateway does not start.
+        fail(f"cannot start the audit trail: {exc}", 1)
     except OSError as exc:
         fail(f"cannot listen on {cfg.listen.host}:{cfg.listen.port}: {exc.strerror or exc}", 1)
 

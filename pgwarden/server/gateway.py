@@ -56,7 +56,7 @@ def default_stages(config: Config) -> list[Stage]:
 def build_recorder(config: Config, gateway_id: str):
     """The audit writer and recorder for ``config`` (the store is opened by ``writer.start``)."""
     from ..policy.stages.recorder import Recorder
-    from ..store import store_for
+    from ..store import AuditStoreError, store_for
     from ..store.signing import load_or_create_signer
     from ..store.writer import AuditWriter
 
@@ -68,9 +68,15 @@ def build_recorder(config: Config, gateway_id: str):
         from ..store.sinks import AuditSinks
 
         sinks = AuditSinks(audit.sinks, socket.gethostname())
+    try:
+        signer = load_or_create_signer(audit.checkpoints.key_file)
+    except (OSError, ValueError) as exc:
+        raise AuditStoreError(
+            f"cannot load or create the signing key {audit.checkpoints.key_file}: {getattr(exc, 'strerror', None) or exc}"
+        ) from exc
     writer = AuditWriter(
         store_for(config),
-        load_or_create_signer(audit.checkpoints.key_file),
+        signer,
         gateway_id=gateway_id,
         max_batch=audit.max_batch,
         max_backlog=audit.max_backlog,
