@@ -587,3 +587,50 @@ def test_group_commit_under_load_records_every_statement_once(tmp_path, pg):
             params.setdefault(session, []).append(int(found.group(1)))
     assert len(params) == SESSIONS
     assert all(values == list(range(STATEMENTS)) for values in params.values())  # in order, none lost or extra
+
+
+def test_gateway_retention_removes_old_sessions_and_the_trail_still_verifies(tmp_path, pg):
+    """AU-11 in the running gateway: a prefix older than max_age goes, a signed retention
+    checkpoint and an audit record say what and why, and what remains verifies."""
+    import asyncio as _asyncio
+
+    from pgwarden.store.sqlite import SqliteAuditStore
+    from pgwarden.store.verify import verify_store
+    from pgwarden.testing.gateway import RunningGateway, gateway_config
+
+    config = gateway_config(
+        pg, users=[{"name": "ret", "scram_verifier": make_verifier("ret-pw")}], data_dir=str(tmp_path),
+        audit={"retention": {"max_age": "1s", "check_every": "1s"}, "checkpoints": {"every_seconds": 0.3}},
+    )
+    with RunningGateway(config) as gw:
+        with psycopg.connect(gw.dsn("ret", "ret-pw", "app")) as conn:
+            conn.execute("select 'old'")
+        time.sleep(2.5)  # older than max_age, then a checkpoint, then a retention round
+        with psycopg.connect(gw.dsn("ret", "ret-pw", "app")) as conn:
+            conn.execute("select 'new'")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            gw.call(gw.gateway.audit_writer.flush)
+            found = gw.call(_retention_records, gw.gateway.audit_writer.store)
+            if found:
+                break
+            time.sleep(0.3)
+        assert found, "no retention record"
+    async def check():
+        store = SqliteAuditStore(tmp_path / "audit.sqlite")
+        await store.open(create=False)
+        try:
+            report = await verify_store(store)
+            checkpoints = [c for c in await store.checkpoints() if b'"reason":"retention"' in c.body]
+            first = [r async for r in store.records()][0].seq
+            return report, checkpoints, first
+        finally:
+            await store.close()
+
+    report, checkpoints, first = _asyncio.run(check())
+    assert report.ok, report
+    assert checkpoints and first > 1
+
+
+async def _retention_records(store):
+    return [r async for r in store.records() if r.type == "audit" and b'"event":"retention"' in r.body]

@@ -17,7 +17,9 @@ anything is deleted.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +29,9 @@ from .records import iso_time
 from .signing import Signer, checkpoint_body, verify_signature
 from .verify import VerifyReport, first_record, verify_store
 
-__all__ = ["RetentionError", "RetentionResult", "plan_retention", "apply_retention"]
+log = logging.getLogger("pgwarden.audit")
+
+__all__ = ["RetentionError", "RetentionResult", "plan_retention", "apply_retention", "retention_loop"]
 
 _WINDOW = 100_000
 
@@ -176,3 +180,40 @@ async def apply_retention(
     result.checkpoint_body = body
     result.applied = True
     return result
+
+
+async def retention_loop(writer, max_age_seconds: float, every_seconds: float, open_store, why: str) -> None:
+    """The gateway's retention: every ``every_seconds``, remove what is older than ``max_age_seconds``.
+
+    Runs in a thread on its own store connection: it verifies what it is about
+    to delete first (evidence of tampering must not be destroyed), which can take
+    seconds on a large trail and must not stall the relay. What was removed is
+    also recorded in the trail as an ``audit`` record (event ``retention``).
+    """
+    from .records import make_record
+
+    def once() -> RetentionResult:
+        async def run() -> RetentionResult:
+            store = open_store()
+            await store.open(create=False)
+            try:
+                return await apply_retention(store, writer.signer, max_age_seconds=max_age_seconds,
+                                             store_id=writer.store_id, why=why)
+            finally:
+                await store.close()
+
+        return asyncio.run(run())
+
+    while True:
+        try:
+            result = await asyncio.to_thread(once)
+        except Exception as exc:
+            log.error("audit retention failed: %s", exc, extra={"event": "audit_retention_failed"})
+        else:
+            if result.applied:
+                log.info("audit retention removed %d records through seq %d", result.records, result.through_seq,
+                         extra={"event": "audit_retention"})
+                writer.submit(make_record("audit", None, {
+                    "event": "retention", "through_seq": result.through_seq, "records": result.records,
+                    "before": result.cutoff, "why": why}))
+        await asyncio.sleep(every_seconds)

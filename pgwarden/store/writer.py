@@ -499,42 +499,12 @@ class AuditWriter:
 
     def start_retention(self, max_age_seconds: float, every_seconds: float, open_store: Callable[[], AuditStore],
                         why: str) -> None:
-        """AU-11: remove records older than ``max_age_seconds`` every ``every_seconds``.
+        """AU-11: remove records older than ``max_age_seconds`` every ``every_seconds`` (retention.py)."""
+        from .retention import retention_loop
 
-        Runs in a thread on its own store connection: it verifies what it is
-        about to delete first (evidence of tampering must not be destroyed), which
-        can take seconds on a large trail and must not stall the relay.
-        """
-        async def loop() -> None:
-            while True:
-                try:
-                    result = await asyncio.to_thread(self._retention_once, max_age_seconds, open_store, why)
-                except Exception as exc:
-                    log.error("audit retention failed: %s", exc, extra={"event": "audit_retention_failed"})
-                else:
-                    if result is not None and result.applied:
-                        log.info("audit retention removed %d records through seq %d", result.records,
-                                 result.through_seq, extra={"event": "audit_retention"})
-                        self.submit(make_record("audit", None, {
-                            "event": "retention", "through_seq": result.through_seq, "records": result.records,
-                            "before": result.cutoff, "why": why}))
-                await asyncio.sleep(every_seconds)
-
-        self._retention_task = self._loop.create_task(loop(), name="audit-retention")  # type: ignore[union-attr]
-
-    def _retention_once(self, max_age_seconds: float, open_store: Callable[[], AuditStore], why: str):
-        from .retention import apply_retention
-
-        async def run():
-            store = open_store()
-            await store.open(create=False)
-            try:
-                return await apply_retention(store, self.signer, max_age_seconds=max_age_seconds,
-                                             store_id=self.store_id, why=why)
-            finally:
-                await store.close()
-
-        return asyncio.run(run())
+        self._retention_task = self._loop.create_task(  # type: ignore[union-attr]
+            retention_loop(self, max_age_seconds, every_seconds, open_store, why), name="audit-retention"
+        )
 
     # ------------------------------------------------------------ status
 
