@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .config_audit import AuditConfig
 from .config_guardrails import GuardrailsConfig, RolePolicy
+from .config_masking import MaskingConfig
 
 __all__ = [
     "Config",
@@ -37,6 +38,7 @@ __all__ = [
     "RoleBinding",
     "GuardrailsConfig",
     "AuditConfig",
+    "MaskingConfig",
     "load_config",
     "parse_config",
     "SAFE_STARTUP_PARAMETERS",
@@ -286,6 +288,7 @@ class Config(_Strict):
     role_bindings: list[RoleBinding] = []
     guardrails: GuardrailsConfig = GuardrailsConfig()
     audit: AuditConfig = AuditConfig()
+    masking: MaskingConfig = MaskingConfig()
     # Extra startup parameters clients may pass through (lower-case names).
     forward_startup_parameters: list[str] = []
     data_dir: Path | None = None
@@ -316,6 +319,13 @@ class Config(_Strict):
             unknown = [r for r in rule.match.roles or () if r not in self.roles]
             if unknown:
                 raise ValueError(f"guardrails.rules.{rule.name}.match.roles: unknown role(s) {', '.join(unknown)}")
+        unknown = sorted(r for r in self.masking.role_names() if r not in self.roles)
+        if unknown:
+            raise ValueError(f"masking: unknown role(s) {', '.join(unknown)}")
+        for rule in self.masking.rules:
+            unknown = [t for t in rule.targets if t not in self.targets]
+            if unknown:
+                raise ValueError(f"masking.rules.{rule.name}.targets: unknown target(s) {', '.join(unknown)}")
         if self.audit.store.type == "postgres" and self.audit.store.dsn:
             where = _dsn_location(self.audit.store.dsn)
             for name, target in self.targets.items():
@@ -445,8 +455,12 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             "sinks": sinks,
         }
     )
+    masking = config.masking
+    mask_key = masking.key_file if masking.key_file.is_absolute() else dev_base / masking.key_file
+    masking = masking.model_copy(update={"key_file": mask_key})
     return config.model_copy(
         update={
+            "masking": masking,
             "listen": listen,
             "targets": targets,
             "logging": logging_cfg,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -62,11 +63,12 @@ def test_demo_runs_serves_psql_and_reuses_its_data():
             assert uri.startswith(f"postgresql://demo:") and f"@127.0.0.1:{port}/shop?sslmode=require" in uri
             assert any("Config:" in line and "pgwarden.yaml" in line for line in lines)
             result = subprocess.run(
-                ["psql", uri, "-X", "-At", "-c", "select count(*) > 100, bool_and(email like '%@%') from customers"],
+                ["psql", uri, "-X", "-At", "-c", "select count(*) > 100 from customers; "
+                 "select email, ssn from customers limit 1"],
                 capture_output=True, text=True, timeout=30,
             )
             assert result.returncode == 0, result.stderr
-            assert result.stdout.strip() == "t|t"
+            assert result.stdout.split() == ["t", "****|****"]  # the static demo user sees PII masked
             tls = subprocess.run(
                 ["psql", uri, "-X", "-At", "-c", "select 1"], capture_output=True, text=True, timeout=30,
                 env={**os.environ, "PGSSLMODE": "disable"},
@@ -117,6 +119,25 @@ def _check_demo_guardrails(lines: list[str], port: int) -> None:
     assert drop.returncode != 0 and "dangerous.drop" in drop.stderr
     write = psql("dev", "developers", "BEGIN; UPDATE orders SET status = status WHERE id = 1; ROLLBACK")
     assert write.returncode == 0, write.stderr
+    # Masking: PII redacted for agent and analyst, partial for developer, clear for dba.
+    sql = "SELECT email, ssn, card_number FROM customers ORDER BY id LIMIT 1"
+    agent = psql("mcp-agent", "agents", sql).stdout.strip().split("|")
+    analyst = psql("ana", "analysts", sql).stdout.strip().split("|")
+    developer = psql("dev", "developers", sql).stdout.strip().split("|")
+    dba = psql("dba", "dbas", sql).stdout.strip().split("|")
+    assert agent[:2] == ["****", "****"] and analyst[:2] == ["****", "****"]
+    assert agent[2].isdigit() and agent[2] != dba[2] and agent[2] == analyst[2]  # a token, the same for both
+    assert re.fullmatch(r"\*\*\*\*@.+", developer[0]) and re.fullmatch(r"\*\*\*-\*\*-\d{4}", developer[1])
+    assert "@" in dba[0] and dba[0] != developer[0] and re.fullmatch(r"\d{3}-\d{2}-\d{4}", dba[1])
+    assert developer[1].endswith(dba[1][-4:]) and developer[0].endswith(dba[0].split("@")[1])
+    check = subprocess.run(
+        [sys.executable, "-m", "pgwarden", "policy", "check", "--config", config, "--role", "agent", "--json",
+         "SELECT lower(email), ssn FROM customers"], capture_output=True, text=True, timeout=60,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    masking = json.loads(check.stdout)["masking"]
+    assert [(m["column"], m["masking"], m.get("rule")) for m in masking] == [
+        ("lower", "whole value", "email"), ("ssn", "redact", "ssn")]
 
 
 def _check_demo_recording(out: str, data_dir: str) -> None:

@@ -62,6 +62,29 @@ def _demo_password(data_dir: Path) -> str:
     return password
 
 
+# Masking (docs/masking.md): the sample schema's PII is redacted for agent, analyst and the
+# static demo user, shown partially to developer, and in clear to dba. Card numbers become
+# tokens (same card, same token: joins and GROUP BY still work); SSNs may not be used to
+# filter; results computed from a card number are refused.
+DEMO_MASKING = {
+    "unmasked_roles": ["dba"],
+    "rules": [
+        {"name": "email", "columns": ["customers.email"], "type": "email", "strategy": "redact",
+         "roles": {"developer": "partial"}},
+        {"name": "phone", "columns": ["customers.phone"], "type": "phone", "strategy": "redact",
+         "roles": {"developer": "partial"}},
+        {"name": "ssn", "columns": ["customers.ssn"], "type": "us_ssn", "strategy": "redact",
+         "roles": {"developer": "partial"}, "filter": "refuse"},
+        {"name": "card", "columns": ["customers.card_number"], "type": "credit_card", "strategy": "tokenize",
+         "roles": {"developer": "partial"}, "derived": "refuse"},
+        {"name": "address", "columns": ["customers.street_address", "customers.date_of_birth"],
+         "strategy": "redact", "roles": {"developer": "partial"}},
+        {"name": "iban", "columns": ["payments.iban"], "type": "iban", "strategy": "redact",
+         "roles": {"developer": "partial"}},
+    ],
+}
+
+
 def write_demo_config(data_dir: Path, target: dict, port: int, password: str) -> Path:
     """Write the demo's complete config file and return its path."""
     from ..certs import write_selfsigned
@@ -113,6 +136,7 @@ def write_demo_config(data_dir: Path, target: dict, port: int, password: str) ->
             ],
         },
         "role_bindings": [{"role": role, "match": {"groups": group}} for role, group in DEMO_GROUPS],
+        "masking": DEMO_MASKING,
         "data_dir": str(data_dir),
     }
     path = data_dir / "pgwarden.yaml"
@@ -183,6 +207,14 @@ def register(app: typer.Typer) -> None:
                 out.print(
                     f"Ask the policy without a database:  pgwarden policy check --config {config_path}"
                     " --role developer \"DELETE FROM orders\"",
+                    soft_wrap=True,
+                )
+                out.print(
+                    "\nMasking: emails, phones, SSNs, card numbers, addresses and IBANs are redacted for agent,"
+                    " analyst and you (cards as tokens), partial for developer, clear for dba. Compare"
+                    " SELECT email, ssn, card_number FROM customers LIMIT 3; across roles, and ask:"
+                    f"\n  pgwarden policy check --config {config_path} --role agent"
+                    " \"SELECT lower(email), ssn FROM customers\"",
                     soft_wrap=True,
                 )
                 if gateway.audit_writer is not None:

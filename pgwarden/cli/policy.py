@@ -79,6 +79,15 @@ def check(
                     "-" if facts.has_where is None else ("yes" if facts.has_where else "NO"),
                 )
             print_table(out, table)
+        if result.masking_note:
+            out.print(f"  {result.masking_note}", soft_wrap=True)
+        if result.masking:
+            table = Table("result", "column", "masking", "rule", "source", box=None)
+            for entry in result.masking:
+                table.add_row(str(entry["result"]), str(entry["column"]), str(entry["masking"]),
+                              str(entry.get("rule", "-")), str(entry.get("source", "-")))
+            out.print("Masking:")
+            print_table(out, table)
     if expect is not None:
         raise typer.Exit(0 if decision.action == expect else 1)
     raise typer.Exit(0 if decision.action == "allow" else 1)

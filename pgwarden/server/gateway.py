@@ -48,6 +48,11 @@ def default_stages(config: Config) -> list[Stage]:
     stages: list[Stage] = []
     if config.guardrails.enabled:
         stages.append(GuardrailsStage(config))
+    if config.masking.active:
+        from ..policy.stages.masking import MaskingStage
+        from .catalog import catalog_loader
+
+        stages.append(MaskingStage(config, loader=catalog_loader(config)))
     if config.logging.statements:
         stages.append(StatementLogStage())
     return stages

@@ -45,6 +45,10 @@ class PolicyCheck:
     target: str
     sqlstate: str | None = None  # what the client would see on a refusal
     message: str | None = None
+    # Masking: one entry per result column (see masking_columns), None when masking does not
+    # apply to the session; masking_note says why it could not be decided (catalog unreadable).
+    masking: list[dict[str, object]] | None = None
+    masking_note: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"role": self.role, "target": self.target}
@@ -54,6 +58,10 @@ class PolicyCheck:
             out["client_message"] = self.message
         if self.analysis.error is not None:
             out["error"] = self.analysis.error
+        if self.masking is not None:
+            out["masking"] = self.masking
+        if self.masking_note is not None:
+            out["masking_note"] = self.masking_note
         return out
 
 
@@ -101,6 +109,11 @@ def check_statement(
         stage.now = at
         stage.session_started(info)
         verdict = stage.check(statement)
+    masking = note = None
+    if verdict is None and config.masking.active:
+        verdict, masking, note = _masking(config, info, statement)
+        if verdict is not None:
+            statement.decision = None
     decision = statement.decision
     if verdict is not None and (decision is None or decision.action == ALLOW):
         # Refused before the guardrails decided (identity guard, unknown EXECUTE).
@@ -115,4 +128,71 @@ def check_statement(
         target,
         sqlstate=verdict.sqlstate if verdict is not None else None,
         message=verdict.message if verdict is not None else None,
+        masking=masking,
+        masking_note=note,
     )
+
+
+def _masking(config: Config, info: SessionInfo, statement: Statement):
+    """(refusal or None, per-column masking or None, note): the masking stage on this statement.
+
+    Masking decisions depend on the target's catalog (which relation a name
+    means, a view's definition, ``*``), so this reads it from the target like
+    the gateway does; when it cannot, the note says so and nothing is decided.
+    """
+    import asyncio
+
+    from ..policy.masking.lineage import lineage
+    from ..policy.stages.masking import MaskingStage
+    from ..server.catalog import catalog_loader
+
+    stage = MaskingStage(config, loader=catalog_loader(config), key=b"policy-check-key-not-used")
+    stage.session_started(info)
+    state = info.extra.get("masking")
+    if state is None:
+        return None, None, None
+    try:
+        asyncio.run(stage.catalogs.load(info.target))
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        return None, None, f"masking not decided: {exc}"
+    verdict = stage.check(statement, _reloaded=True)  # just loaded: no second load
+    if verdict is not None:
+        return verdict, None, None
+    columns: list[dict[str, object]] = []
+    mask = statement.mask
+    if mask is not None:
+        analysis = lineage(statement.text or "")
+        catalog = stage.catalogs.current(info.target)
+        labels = [_labels(s, catalog, state, mask.paths) for s in analysis.statements if s.returns_rows]
+        for index, expected in enumerate(mask.expected):
+            names = labels[index] if index < len(labels) else None
+            if expected is None:
+                columns.append({"result": index + 1, "column": "*", "masking": "decided by the result's columns"})
+                continue
+            for position, expect in enumerate(expected):
+                entry: dict[str, object] = {
+                    "result": index + 1,
+                    "column": names[position] if names and position < len(names) else str(position + 1),
+                    "masking": {"clean": "none", "unknown": "detect", "derived": "whole value"}.get(expect.kind, "")
+                    or expect.hits[0].strategy,
+                }
+                if expect.hits:
+                    entry["rule"] = expect.hits[0].rule.name
+                    entry["source"] = expect.hits[0].column
+                columns.append(entry)
+    return None, columns, None
+
+
+def _labels(lin, catalog, state, paths) -> list[str] | None:
+    if lin.outputs is None:
+        return None
+    names: list[str] = []
+    for out in lin.outputs:
+        if out.star is not None:
+            rels = catalog.resolve(out.star, paths, state.rules.user)
+            if not rels:
+                return None
+            names.extend(c[1] for c in rels[0].columns)
+        else:
+            names.append(out.name)
+    return names

@@ -122,7 +122,8 @@ def server_data(self, data):
     if type(data) is not bytes:
         data = bytes(data)
     pending = self._pending
-    if type(pending) is not _deque:
+    if type(pending) is not _deque or self._masking:
+        # Sessions with masked results take the Python loop (replies.py), which rewrites them.
         return _server_data_py(self, data)
     out = self.to_client
     skip = self._server_skip
@@ -355,7 +356,8 @@ def client_data(self, data):
                     verdict = self._evaluate(stmt, 0)
                 except Exception as exc:  # a stage's bug must fail closed, not open
                     verdict = self._stage_failed(stmt, exc)
-                if verdict is not ALLOW:
+                if verdict is not ALLOW or stmt.mask is not None:
+                    # A masked Execute needs a Describe of its portal first (see _apply).
                     self._fast_exit(buf, pos, stop, stmt, verdict)
                     return
                 stmt.verdict = verdict
@@ -390,6 +392,8 @@ def client_data(self, data):
                     self._fast_exit(buf, pos, stop, stmt, verdict)
                     return
                 stmt.verdict = verdict
+                if stmt.mask is not None:
+                    self._masking = True
                 if self._timing:
                     stmt.mark_started()
                 _deque_append(pending, (K_QUERY, stmt, None, None))

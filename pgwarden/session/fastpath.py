@@ -109,7 +109,8 @@ class ClientFastPath:
                         verdict = self._evaluate(stmt, 0)
                     except Exception as exc:  # a stage's bug must fail closed, not open
                         verdict = self._stage_failed(stmt, exc)
-                    if verdict is not ALLOW:
+                    if verdict is not ALLOW or stmt.mask is not None:
+                        # A masked Execute needs a Describe of its portal first (see _apply).
                         self._fast_exit(buf, pos, stop, stmt, verdict)
                         return
                     stmt.verdict = verdict
@@ -143,6 +144,8 @@ class ClientFastPath:
                         self._fast_exit(buf, pos, stop, stmt, verdict)
                         return
                     stmt.verdict = verdict
+                    if stmt.mask is not None:
+                        self._masking = True
                     if self._timing:
                         stmt.mark_started()
                     pending.append((_QUERY, stmt, None, None))

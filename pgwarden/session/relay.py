@@ -54,6 +54,7 @@ from .replies import (
     _CLOSE,
     _DESCRIBE_ENTRY,
     _EXECUTE,
+    _MASK_DESCRIBE,
     _MISSING,
     _PARSE,
     _POISON_PARSE,
@@ -149,6 +150,11 @@ class Relay(ClientFastPath, ReplyTracker):
         # ``Statement.capture``; the loops then hand it runs of row bytes.
         self._capturing = capturing
         self._described: bytes | None = None  # the last Describe's RowDescription in this request
+        # Masking (see replies.py, "Masking"): on once a statement with a mask was
+        # sent; the rewriters of the result now arriving, if it is masked.
+        self._masking = False
+        self._rewriter = None
+        self._copy_rewriter = None
         self.notice_hook: Callable[[bytes], None] | None = None  # notices with no statement running
         self.to_server: list[bytes | memoryview] = []
         self.to_client: list[bytes | memoryview] = []
@@ -404,8 +410,19 @@ class Relay(ClientFastPath, ReplyTracker):
                 if stmt.kind == Kind.QUERY
                 else encode.parse(stmt.statement_name or "", verdict.text, stmt.param_types)
             )
+        elif stmt.mask is not None:
+            if stmt.kind == Kind.EXECUTE:
+                # Masking needs the portal's columns and result formats, which only a
+                # Describe of the portal gives (a Describe of the statement reports
+                # text formats; asyncpg describes once and binds binary many times).
+                # The answer is the relay's own and never reaches the client.
+                self._emit(encode.describe_portal(stmt.portal_name or ""))
+                self._pending.append((_MASK_DESCRIBE, None, None, None, stmt))
+            self._pass(*msg)
         else:
             self._pass(*msg)
+        if stmt.mask is not None:
+            self._masking = True
         if self._timing:
             stmt.mark_started()
         kind = stmt.kind

@@ -31,6 +31,9 @@ _MISSING: Any = object()
 
 # Pending reply kinds.
 _PARSE, _BIND, _DESCRIBE, _EXECUTE, _CLOSE, _SYNC, _QUERY, _POISON_PARSE, _POISON_QUERY = range(9)
+# The relay's own Describe of a masked Execute's portal: ``(kind, None, None, None, stmt)``;
+# its answer (RowDescription or NoData) is consumed, never forwarded.
+_MASK_DESCRIBE = 9
 _ENDS_WITH_READY = (_SYNC, _QUERY, _POISON_QUERY)
 
 # A pending entry is a plain tuple ``(kind, stmt, deny, undo)`` (a Describe of a
@@ -99,11 +102,27 @@ class ReplyTracker:
         run = -1  # start of the current run of DataRow/CopyData messages
         unpack = unpack_uint32
         pending = self._pending
+        masking = self._masking
         while end - pos >= 5:
             t = buf[pos]
             size = unpack(buf, pos + 1)[0] + 1
             if size < 5:
                 raise ProtocolViolation(f"upstream sent a message with invalid length {size - 1}")
+            if masking and (
+                (t == 68 and self._rewriter is not None) or (t == 100 and self._copy_rewriter is not None)
+            ):
+                # Rows of a masked result: rewritten whole (never streamed in part).
+                if run >= 0:
+                    if self._capturing:
+                        self._capture_run(buf, run, pos)
+                    run = -1
+                if pos > span:
+                    out.append(buf[span:pos])
+                pos = self._rewrite_rows(t, buf, pos, end)
+                span = pos
+                if end - pos >= 5 and buf[pos] == t:
+                    break  # an incomplete message: wait for the rest
+                continue
             if size > end - pos:
                 if t == 68 or t == 100:
                     self._server_skip = size - (end - pos)
@@ -121,6 +140,8 @@ class ReplyTracker:
                     self._capture_run(buf, run, pos)
                 run = -1
             if t == 67:  # CommandComplete
+                if masking:
+                    self._rewriter = None
                 if pending:
                     head = pending[0]
                     stmt = head[1]
@@ -135,6 +156,8 @@ class ReplyTracker:
                 pos += size
                 continue
             if t == 90:  # ReadyForQuery
+                if masking:
+                    self._rewriter = self._copy_rewriter = None
                 status = chr(buf[pos + 5])
                 self.session.txn_status = status
                 self._described = None
@@ -155,6 +178,14 @@ class ReplyTracker:
                     self._portals.clear()  # portals die with the transaction
                 pos += size
                 continue
+            if masking and (t == 84 or t == 110) and pending and pending[0][0] == _MASK_DESCRIBE:
+                # The answer to the relay's own Describe: the masked Execute's columns.
+                self._mask_described(pending.popleft(), buf[pos : pos + size] if t == 84 else None)
+                if pos > span:
+                    out.append(buf[span:pos])
+                pos += size
+                span = pos
+                continue
             if t == 50 or t == 49 or t == 51 or t == 110:  # Bind/Parse/CloseComplete, NoData
                 if pending:
                     head = pending.popleft()
@@ -167,8 +198,11 @@ class ReplyTracker:
                     pending.popleft()
                     if self._capturing:
                         self._described = buf[pos : pos + size]
-                elif self._capturing:
-                    self._capture_description(buf[pos : pos + size])
+                else:
+                    if self._capturing:
+                        self._capture_description(buf[pos : pos + size])
+                    if masking:
+                        self._mask_result(buf[pos : pos + size])
                 pos += size
                 continue
             replacement = self._server_message(t, buf, pos, size)
@@ -193,6 +227,10 @@ class ReplyTracker:
         return replacement bytes, b"" to drop, None to pass."""
         pending = self._pending
         head = pending[0] if pending else None
+        if self._masking:
+            masked = self._mask_message(t, buf, pos, size)
+            if masked is not None:
+                return masked
         if t == B.PORTAL_SUSPENDED or t == B.EMPTY_QUERY_RESPONSE:
             if head is not None and head[KIND] == _EXECUTE:
                 pending.popleft()
@@ -281,6 +319,13 @@ class ReplyTracker:
         while pending and pending[0][KIND] != _SYNC:
             discarded.append(pending.popleft())
         blamed = None
+        if kind == _MASK_DESCRIBE:
+            # The relay's own Describe failed (no such portal): that is the Execute's failure.
+            for entry in discarded:
+                if entry[KIND] == _EXECUTE and entry[STMT] is not None:
+                    blamed = entry
+                    entry[STMT].error = error
+                    break
         if kind == _BIND:
             # A failed Bind (a parameter that does not convert, or an error while
             # planning with the values, e.g. 1/$1 with 0) is the failure of the
@@ -297,6 +342,97 @@ class ReplyTracker:
         for entry in discarded:
             self._finish(entry, "error" if entry is blamed else "skipped")
         return replacement
+
+    # ------------------------------------------------------------ masking
+    # Only called when ``self._masking`` (a statement with a mask was sent).
+    # The statement's mask (pgwarden.policy.masking.StatementMask) turns each
+    # RowDescription into a row rewriter (or None: that result passes as is), a
+    # CopyOutResponse into a COPY rewriter, and scrubs values that errors and
+    # notices echo. The rewriters live from their description to the end of
+    # that result (CommandComplete, PortalSuspended, an error, ReadyForQuery).
+
+    def _head_mask(self):
+        pending = self._pending
+        if pending:
+            head = pending[0]
+            stmt = head[STMT] if head[KIND] != _MASK_DESCRIBE else head[4]
+            if stmt is not None:
+                return stmt.mask
+        return None
+
+    def _mask_result(self, description: bytes) -> None:
+        """A RowDescription of the head statement (simple query, FETCH): its rows' rewriter."""
+        mask = self._head_mask()
+        self._rewriter = mask.result(description) if mask is not None else None
+
+    def _mask_described(self, entry: tuple, description: bytes | None) -> None:
+        """The answer to the relay's Describe of a masked Execute's portal."""
+        stmt = entry[4]
+        if description is None:
+            self._rewriter = None
+            return
+        if self._capturing:
+            self._described = description  # the recorder decodes rows with it (true formats)
+        self._rewriter = stmt.mask.result(description)
+
+    def _rewrite_rows(self, t: int, buf: bytes, pos: int, end: int) -> int:
+        """Rewrite the complete DataRow (or CopyData) messages from ``pos``; return where it stopped."""
+        out: list = []
+        if t == 68:
+            stop = self._rewriter.data_rows(buf, pos, end, out)
+        else:
+            stop = pos
+            rewriter = self._copy_rewriter
+            while end - stop >= 5 and buf[stop] == 100:
+                size = unpack_uint32(buf, stop + 1)[0] + 1
+                if size > end - stop:
+                    break
+                data = rewriter.data(buf[stop + 5 : stop + size])
+                if data:
+                    out.append(encode.message(b"d", data))
+                stop += size
+        if out:
+            chunk = b"".join(out)
+            self.to_client.append(chunk)
+            if self._capturing:
+                self._capture_run(chunk, 0, len(chunk))
+        return stop
+
+    def _mask_message(self, t: int, buf: bytes, pos: int, size: int) -> bytes | None:
+        """Masking's part in a server message the loop does not handle inline:
+        replacement bytes, or None to carry on as usual."""
+        if t == B.PORTAL_SUSPENDED or t == B.EMPTY_QUERY_RESPONSE:
+            self._rewriter = None
+            return None
+        if t == B.COPY_OUT_RESPONSE:
+            mask = self._head_mask()
+            self._copy_rewriter = mask.copy_out(buf[pos : pos + size]) if mask is not None else None
+            return None
+        if t == B.COPY_DONE and self._copy_rewriter is not None:
+            rewriter, self._copy_rewriter = self._copy_rewriter, None
+            rest = rewriter.finish()
+            if rest:
+                data = encode.message(b"d", rest)
+                if self._capturing:
+                    self._capture_run(data, 0, len(data))
+                return data + buf[pos : pos + size]
+            return None
+        if t == B.ERROR_RESPONSE or t == B.NOTICE_RESPONSE:
+            if t == B.ERROR_RESPONSE:
+                self._rewriter = self._copy_rewriter = None
+            mask = self._head_mask()
+            if mask is None:
+                return None
+            scrubbed = mask.scrub(buf[pos : pos + size])
+            if scrubbed is None:
+                return None
+            if t == B.ERROR_RESPONSE:
+                replacement = self._on_server_error(scrubbed, 0, len(scrubbed))
+                return scrubbed if replacement is None else replacement
+            if self._capturing:
+                self._capture_other(t, scrubbed)
+            return scrubbed
+        return None
 
     # ------------------------------------------------------------ capture
     # Only called when ``self._capturing`` (the recorder keeps result rows).

@@ -99,6 +99,7 @@ class Statement:
         "decision",
         "capture",
         "number",
+        "mask",
     )
 
     def __init__(
@@ -141,6 +142,9 @@ class Statement:
         # statement's number within its session (pairs its statement and result records).
         self.capture = None
         self.number = 0
+        # The masking stage's plan source for this statement's results (a
+        # pgwarden.policy.masking StatementMask), or None: results pass untouched.
+        self.mask = None
 
     def _bind(self) -> messages.Bind | None:
         if self._bind_body is None:

@@ -39,6 +39,7 @@ __all__ = [
     "ssl_request",
     "startup_message",
     "sync",
+    "describe_portal",
     "terminate",
 ]
 
@@ -167,6 +168,10 @@ def parse(name: str, text: str, param_types: Iterable[int] = ()) -> bytes:
     types = list(param_types)
     body = _cstr(name) + _cstr(text) + struct.pack("!h", len(types)) + b"".join(struct.pack("!I", t) for t in types)
     return message(b"P", body)
+
+
+def describe_portal(name: str) -> bytes:
+    return message(b"D", b"P" + _cstr(name))
 
 
 def sync() -> bytes:

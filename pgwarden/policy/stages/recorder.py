@@ -17,6 +17,7 @@ and the template costs a fraction of the generic encoder.
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 from base64 import b64encode
 import time
@@ -377,6 +378,7 @@ class Recorder:
             and capture.sha is None
             and capture.notices is None
             and capture.copy is None
+            and stmt.mask is None
         ):
             # The common case (one result set, all of it kept) in one template.
             tag_json, rows = _tag(tags[0])
@@ -418,6 +420,12 @@ class Recorder:
                 f',"error":{{"sqlstate":"{error.sqlstate}","message":{json_str(error.message)},'
                 f'"detail":{"null" if detail is None else json_str(detail)}}}'
             )
+        if stmt.mask is not None:
+            # Evidence of masking (AC-3, SI-19): which result columns, by which rule, how many values.
+            report = stmt.mask.report()
+            if report:
+                state.masked += 1
+                parts.append(',"masked":' + json.dumps(report, separators=(",", ":"), ensure_ascii=False))
         capture = stmt.capture
         if capture is not None:
             if capture.sets:

@@ -1,0 +1,400 @@
+"""MaskingStage: decides, per statement, which result values a session sees masked.
+
+Runs after the guardrails (a refused statement needs no masking). For a
+session whose role sees every value, it costs one dict lookup. Otherwise, per
+statement:
+
+1. the statement's lineage (``masking/lineage.py``, parsed once per text) and
+   the target's catalog (loaded on first need, and again after DDL or when a
+   statement names a relation the catalog lacks: the session holds meanwhile);
+2. refusals, before anything reaches PostgreSQL: a masked column used to
+   filter/sort/group (rules with ``filter: refuse``), a result computed from
+   one (``derived: refuse``), ``COPY … TO STDOUT`` of one (``copy: refuse``),
+   masked values flowing into written data (``INSERT … SELECT``, ``CREATE
+   TABLE AS``: always refused, it would launder them), planner statistics;
+3. otherwise a :class:`~pgwarden.policy.masking.plan.StatementMask` on the
+   statement: the relay asks it for a row rewriter at each RowDescription.
+
+Cursors (``DECLARE``/``FETCH``) and SQL prepared statements
+(``PREPARE``/``EXECUTE``) carry their query's expectations to the statement
+that returns the rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from ...config import Config, ConfigError
+from ...session.statement import Kind, SessionInfo, Statement
+from ...session.verdict import ALLOW, Deny, Hold
+from ...wire.constants import SQLState
+from ..masking.catalog import CatalogCache
+from ..masking.lineage import lineage
+from ..masking.plan import MaskTools, StatementMask
+from ..masking.resolve import Expect, SessionRules
+from ..masking.strategies import Tokenizer
+from .guardrails import acting_role, session_context
+
+__all__ = ["MaskingStage", "load_masking_key"]
+
+log = logging.getLogger("pgwarden.masking")
+
+_STATE_KEY = "masking"
+_DDL_PREFIXES = ("CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE", "REFRESH", "IMPORT", "SECURITY")
+# Client encodings in which a multibyte character may contain an ASCII delimiter or backslash.
+_UNSAFE_COPY_ENCODINGS = frozenset({"SJIS", "SHIFTJIS", "BIG5", "GBK", "UHC", "GB18030", "JOHAB", "SHIFTJIS2004"})
+_RELOAD_AFTER = 2.0  # seconds: a catalog older than this is reloaded for a relation it lacks
+
+
+def load_masking_key(config: Config) -> bytes:
+    """The tokenization key: from ``key_env``, else ``key_file`` (created with 32 random bytes, 0600)."""
+    masking = config.masking
+    if masking.key_env:
+        value = os.environ.get(masking.key_env)
+        if value is None or len(value.encode()) < 16:
+            raise ConfigError(f"masking.key_env: environment variable {masking.key_env} must hold at least 16 bytes")
+        return value.encode()
+    path = Path(masking.key_file)
+    try:
+        if path.exists():
+            key = path.read_bytes()
+            if len(key) < 16:
+                raise ConfigError(f"masking.key_file {path}: the key is shorter than 16 bytes")
+            return key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        return key
+    except OSError as exc:
+        raise ConfigError(f"masking.key_file {path}: {exc.strerror or exc}") from None
+
+
+class _State:
+    __slots__ = ("rules", "ctx", "cursors", "prepared", "cache")
+
+    def __init__(self, rules: SessionRules, ctx) -> None:
+        self.rules = rules
+        self.ctx = ctx
+        self.cursors: dict[str, tuple[list[Expect] | None, bool]] = {}
+        self.prepared: dict[str, tuple[list[Expect] | None, bool]] = {}
+        self.cache: dict[str, tuple[Any, Any, Any]] = {}  # text -> (analysis, catalog, outcome)
+
+
+class MaskingStage:
+    name = "masking"
+
+    def __init__(self, config: Config, catalogs: CatalogCache | None = None, loader=None, key: bytes | None = None):
+        self.config = config
+        masking = config.masking
+        if catalogs is None:
+            if loader is None:
+                raise ValueError("MaskingStage needs a catalog loader (pgwarden.server.catalog.catalog_loader)")
+            catalogs = CatalogCache(loader, masking.catalog_ttl)
+        self.catalogs = catalogs
+        if key is None:
+            key = load_masking_key(config) if masking.uses_tokens else secrets.token_bytes(32)
+        self.tokenizer = Tokenizer(key)
+        plugins = []
+        for plugin in masking.detect.plugins:
+            from ..masking.detectors import load_plugin
+
+            options = dict(plugin)
+            name = str(options.pop("name", ""))
+            try:
+                plugins.append(load_plugin(name, options))
+            except ValueError as exc:
+                raise ConfigError(f"masking.detect.plugins: {exc}") from None
+        self._plugins = tuple(plugins)
+        self._tools: dict[str | None, MaskTools] = {}
+
+    # ------------------------------------------------------------ sessions
+
+    def _session_rules(self, info: SessionInfo) -> tuple[SessionRules, Any] | None:
+        masking = self.config.masking
+        if not masking.active:
+            return None
+        identity = info.extra.get("identity")
+        role = acting_role(self.config, identity, info.target, info.extra.get("access"))
+        if role is not None and role in masking.unmasked_roles:
+            return None
+        user = None if identity is not None else info.user
+        rules = []
+        for rule in masking.rules:
+            if rule.targets and info.target not in rule.targets:
+                continue
+            strategy = rule.strategy_for(role, user)
+            if strategy != "none":
+                rules.append((rule, strategy))
+        tools = self._tools_for(role, user)
+        if not rules and tools.detect_strategy is None:
+            return None
+        ctx = session_context(self.config, info)
+        return SessionRules(rules, role, ctx.user, info.target), tools
+
+    def _tools_for(self, role: str | None, user: str | None) -> MaskTools:
+        detect = self.config.masking.detect
+        key = role if role is not None else f"user:{user}"
+        tools = self._tools.get(key)
+        if tools is None:
+            strategy = detect.roles.get(role, detect.strategy) if role is not None else detect.strategy
+            if role is None and user is not None and user in detect.unmasked_users:
+                strategy = "none"
+            strategy_for = None
+            if detect.enabled and strategy != "none" and detect.types:
+                per_type = dict(detect.strategies)
+                default = strategy
+
+                def strategy_for(semantic: str, _per=per_type, _default=default) -> str:
+                    return _per.get(semantic, _default)
+
+            tools = MaskTools(self.tokenizer, self.config.masking.redaction, frozenset(detect.types), strategy_for,
+                              self._plugins)
+            self._tools[key] = tools
+        return tools
+
+    def session_started(self, info: SessionInfo) -> None:
+        found = self._session_rules(info)
+        if found is None:
+            info.extra.pop(_STATE_KEY, None)
+            return
+        rules, tools = found
+        state = _State(rules, session_context(self.config, info))
+        state.cache.clear()
+        info.extra[_STATE_KEY] = state
+        info.extra["masking_tools"] = tools
+
+    # ------------------------------------------------------------ statements
+
+    def check(self, statement: Statement, _reloaded: bool = False) -> Deny | Hold | None:
+        session = statement.session
+        state = session.extra.get(_STATE_KEY)
+        if state is None or statement.text is None or statement.kind == Kind.FUNCTION_CALL:
+            return None
+        catalog = self.catalogs.get(session.target)
+        if catalog is None:
+            return self._hold_for_catalog(statement)
+        text = statement.text
+        analysis = lineage(text)
+        if analysis.error is not None:
+            return Deny(
+                f"pgwarden: masking cannot analyse this statement ({analysis.error}), so it is refused",
+                SQLState.SYNTAX_ERROR,
+                rule="masking.unparsed",
+            )
+        cached = state.cache.get(text)
+        if cached is not None and cached[0] is analysis and cached[1] is catalog:
+            outcome = cached[2]
+        else:
+            outcome, cacheable = self._decide(state, analysis, catalog, session, statement.kind, _reloaded)
+            if outcome == "reload":
+                self.catalogs.stale(session.target)
+                return self._hold_for_catalog(statement)
+            if cacheable:
+                if len(state.cache) >= 512:
+                    state.cache.clear()
+                state.cache[text] = (analysis, catalog, outcome)
+        if isinstance(outcome, Deny):
+            return outcome
+        if outcome is not None and statement.kind != Kind.PARSE:
+            expected, echo, copy = outcome
+            statement.mask = StatementMask(
+                state.rules, catalog, self._paths(state, session), session.extra["masking_tools"], expected, echo, copy,
+                session.server_params.get("client_encoding", "UTF8"),
+            )
+        return None
+
+    def _paths(self, state: _State, session: SessionInfo):
+        guard = session.extra.get("guardrails")
+        ctx = guard.ctx if guard is not None else state.ctx
+        return ctx.search_paths
+
+    def _decide(self, state: _State, analysis, catalog, session: SessionInfo, kind: str, reloaded: bool):
+        """(outcome, cacheable): outcome is a Deny, None (nothing to mask), "reload", or
+        (expected per result set, echo, copy plan)."""
+        rules = state.rules
+        paths = self._paths(state, session)
+        expected: list = []
+        echo = False
+        copy = None
+        cacheable = True
+        tools = session.extra["masking_tools"]
+        needs_mask = False
+        for index, lin in enumerate(analysis.statements):
+            where = f"statement {index + 1} of {len(analysis.statements)}: " if len(analysis.statements) > 1 else ""
+            stats = rules.names_statistics(catalog, lin.relations)
+            if stats is not None:
+                return _deny(
+                    f"{where}planner statistics ({stats}) hold sample values of masked columns and are refused "
+                    "for this session (rule masking.statistics)", "masking.statistics",
+                ), True
+            if not reloaded and self._lacks_relation(catalog, lin.relations, paths, rules.user):
+                return "reload", False
+            referenced, _unknown = rules.refs_hits(catalog, lin.referenced, paths)
+            if referenced:
+                echo = True
+            written, _ = rules.refs_hits(catalog, lin.written_from, paths)
+            if written:
+                hit = written[0]
+                return _deny(
+                    f"{where}values of masked column {hit.column} would be written into a table or file, "
+                    f"which would unmask them (rule masking.{hit.rule.name})", f"masking.{hit.rule.name}",
+                ), True
+            filtered, _ = rules.refs_hits(catalog, lin.filters, paths)
+            for hit in filtered:
+                if hit.rule.filter == "refuse":
+                    return _deny(
+                        f"{where}masked column {hit.column} may not be used to filter, sort or group rows "
+                        f"(rule masking.{hit.rule.name})", f"masking.{hit.rule.name}",
+                    ), True
+            outputs = lin.outputs
+            if lin.cursor is not None and lin.command in ("FETCH", "MOVE"):
+                cacheable = False
+                stored = state.cursors.get(lin.cursor)
+                outputs_expect, stored_echo = stored if stored is not None else (None, False)
+                echo = echo or stored_echo
+            elif lin.prepared is not None and lin.command == "EXECUTE":
+                cacheable = False
+                stored = state.prepared.get(lin.prepared)
+                outputs_expect, stored_echo = stored if stored is not None else (None, False)
+                echo = echo or stored_echo
+            else:
+                outputs_expect = rules.expect_outputs(catalog, outputs, paths)
+            if outputs_expect is not None:
+                for position, expect in enumerate(outputs_expect):
+                    if expect.kind == "derived":
+                        for hit in expect.hits:
+                            if hit.rule.derived == "refuse":
+                                label = outputs[position].name if outputs and position < len(outputs) else position + 1
+                                return _deny(
+                                    f"{where}result column {label!r} is computed from masked column {hit.column} "
+                                    f"(rule masking.{hit.rule.name})", f"masking.{hit.rule.name}",
+                                ), True
+                    if expect.kind in ("derived", "masked"):
+                        needs_mask = True
+                    elif expect.kind == "unknown" and tools.detect_strategy is not None:
+                        needs_mask = True
+            elif lin.returns_rows:
+                needs_mask = True  # positions unknown: the RowDescription decides
+            if lin.command == "DECLARE" and lin.cursor is not None:
+                cacheable = False
+                state.cursors[lin.cursor] = (outputs_expect, bool(referenced))
+            elif lin.command == "CLOSE" and lin.cursor is not None:
+                cacheable = False
+                if lin.cursor == "*":
+                    state.cursors.clear()
+                else:
+                    state.cursors.pop(lin.cursor, None)
+            elif lin.command == "PREPARE" and lin.prepared is not None:
+                cacheable = False
+                state.prepared[lin.prepared] = (outputs_expect, bool(referenced))
+            elif lin.command == "DISCARD" and (lin.cursor == "*" or lin.prepared == "*"):
+                cacheable = False
+                state.cursors.clear()
+                state.prepared.clear()
+            elif lin.command == "DEALLOCATE" and lin.prepared is not None:
+                cacheable = False
+                if lin.prepared == "*":
+                    state.prepared.clear()
+                else:
+                    state.prepared.pop(lin.prepared, None)
+            if lin.copy is not None and lin.copy.direction == "to":
+                copy_plan = self._copy_plan(rules, catalog, lin.copy, paths)
+                hits = [h for e in (copy_plan or ()) for h in e.hits]
+                for hit in hits:
+                    if hit.rule.copy_out == "refuse":
+                        return _deny(f"{where}COPY of masked column {hit.column} is refused (rule masking.{hit.rule.name})",
+                                     f"masking.{hit.rule.name}"), True
+                if hits or copy_plan is None or tools.detect_strategy is not None:
+                    encoding = session.server_params.get("client_encoding", "UTF8").upper().replace("-", "")
+                    if encoding in _UNSAFE_COPY_ENCODINGS:
+                        return _deny(f"{where}COPY cannot be masked safely in client_encoding {encoding} "
+                                     "(a multibyte character may contain a delimiter byte; rule masking.copy_encoding)", "masking.copy_encoding"), True
+                    copy = (lin.copy, copy_plan)
+                    needs_mask = True
+            if lin.returns_rows and lin.command not in ("DECLARE", "PREPARE"):
+                expected.append(outputs_expect)
+        if not needs_mask and not echo:
+            return None, cacheable
+        return (expected, echo, copy), cacheable
+
+    def _copy_plan(self, rules: SessionRules, catalog, info, paths) -> list[Expect] | None:
+        if info.query is not None:
+            return rules.expect_outputs(catalog, info.query.outputs, paths)
+        if info.relation is None:
+            return None
+        rels = catalog.resolve(info.relation, paths, rules.user)
+        if not rels:
+            return None
+        rel = rels[0]
+        columns = [c for c in rel.columns if not c[3]] if info.columns is None else [rel.named(n) for n in info.columns]
+        if any(c is None for c in columns):
+            return None
+        from ..masking.resolve import _expect
+
+        return [_expect(rules.column_hits(catalog, rel, c[0], paths), True, False, c[2]) for c in columns]
+
+    @staticmethod
+    def _lacks_relation(catalog, relations, paths, user) -> bool:
+        """Whether a relation the statement names is missing and the catalog is old enough to reload."""
+        import time
+
+        if time.monotonic() - catalog.loaded_at < _RELOAD_AFTER:
+            return False
+        for name in relations:
+            if name.schema in ("pg_catalog", "information_schema") or name.name.startswith("pg_"):
+                continue
+            if not catalog.resolve(name, paths, user):
+                return True
+        return False
+
+    def _hold_for_catalog(self, statement: Statement) -> Hold:
+        target = statement.session.target
+
+        async def wait():
+            try:
+                await self.catalogs.load(target)
+            except Exception as exc:  # noqa: BLE001 - no catalog, no decision: refuse
+                log.warning("masking: %s", exc, extra={"session": statement.session.id})
+                return Deny(
+                    f'pgwarden: masking could not read the catalog of target "{target}", so the statement is refused',
+                    SQLState.CONNECTION_FAILURE,
+                    rule="masking.catalog",
+                    hint="The gateway log has the reason.",
+                )
+            verdict = self.check(statement, _reloaded=True)
+            if isinstance(verdict, Hold):  # never wait twice for one statement
+                return Deny("pgwarden: masking could not decide this statement", SQLState.INTERNAL_ERROR,
+                            rule="masking.catalog")
+            return ALLOW if verdict is None else verdict
+
+        return Hold(wait, reason="reading the target's catalog for masking", rule="masking.catalog")
+
+    # ------------------------------------------------------------ after the reply
+
+    def completed(self, statement: Statement) -> None:
+        """DDL that succeeded (in any session) may have changed what a name or OID means: reload."""
+        if statement.status != "ok":
+            return
+        decision = statement.decision
+        if decision is not None:
+            for facts in decision.facts:
+                if facts.classification == "ddl":
+                    self.catalogs.stale(statement.session.target)
+                    return
+        elif statement.text and statement.text.lstrip().upper().startswith(_DDL_PREFIXES):
+            self.catalogs.stale(statement.session.target)
+
+
+def _deny(message: str, rule: str) -> Deny:
+    return Deny(
+        f"pgwarden: {message}",
+        SQLState.INSUFFICIENT_PRIVILEGE,
+        rule=rule,
+        hint="The masking rules of this role decide what it may read; see docs/masking.md.",
+    )
