@@ -290,3 +290,25 @@ def test_recording_keeps_what_the_client_saw_and_names_the_rules(env):
     decoded = decode_result_set(record["results"][0])
     assert decoded.rows == [["1", "****", "****"], ["2", "****", "****"], ["3", "****", "****"]]
     assert not leaks(json.dumps(records))
+    # The replay shows the client's view and says what was masked.
+    import pgwarden.cli.main  # noqa: F401 - the CLI package in its import order
+    from pgwarden.cli.sessions import replay_lines
+    from pgwarden.services.sessions import load_transcript, open_reader
+
+    async def transcript():
+        async with open_reader(env.config) as store:
+            return await load_transcript(store, ids[0])
+
+    text = "\n".join(line for _, lines in replay_lines(asyncio.run(transcript())) for line in lines)
+    assert " 1 | ****  | ****" in text
+    assert "-- masked by pgwarden: email (redact, rule email, 3 values); ssn (redact, rule ssn, 3 values)" in text
+
+
+def test_sql_execute_of_a_protocol_prepared_statement(env):
+    """Parse names share PREPARE's namespace: EXECUTE of a Parse'd statement is masked by its lineage."""
+    with env.connect("agent", prepare_threshold=0) as conn:
+        conn.execute("SELECT substr(ssn, 1, 3) AS p, email FROM customers WHERE id = %s", (1,)).fetchall()
+        names = [r[0] for r in conn.execute("SELECT name FROM pg_prepared_statements WHERE statement LIKE '%substr%'")]
+        assert names, "psycopg did not prepare the statement"
+        got = conn.execute(f'EXECUTE "{names[0]}"(1)').fetchall()
+        assert got == [("****", "****")]

@@ -394,6 +394,10 @@ def _statement_lines(e: Event, prompt: _Prompt, max_rows: int | None) -> list[st
     if r.status == "skipped":
         lines.append("-- skipped: PostgreSQL discarded it after an earlier error in the same request")
     lines += _outputs(r, max_rows)
+    if r.masked:
+        shown = [f"{m.get('column')} ({m.get('strategy')}{', rule ' + str(m['rule']) if m.get('rule') else ''}, "
+                 f"{m.get('values', 0)} values)" for m in r.masked]
+        lines.append("-- masked by pgwarden: " + "; ".join(shown))
     if r.copy:
         c = r.copy
         lines.append(f"-- COPY {c.get('direction', '?')}: {c.get('bytes', '?')} bytes in {c.get('messages', '?')} messages")

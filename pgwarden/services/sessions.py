@@ -119,6 +119,7 @@ class ResultView:
     set_info: list[dict[str, Any]]  # per set: captured_rows, truncated, row_bytes, tag (when recorded)
     sha256: str | None = None
     result_bytes: int | None = None
+    masked: list[dict[str, Any]] = field(default_factory=list)  # what masking replaced (docs/masking.md)
 
     def as_dict(self) -> dict[str, Any]:
         sets = []
@@ -132,7 +133,7 @@ class ResultView:
         return {
             "seq": self.seq, "at": self.at, "status": self.status, "tags": self.tags, "rows": self.rows,
             "duration_ms": self.duration_ms, "error": self.error, "notices": self.notices, "copy": self.copy,
-            "sets": sets, "sha256": self.sha256, "result_bytes": self.result_bytes,
+            "sets": sets, "sha256": self.sha256, "result_bytes": self.result_bytes, "masked": self.masked,
         }
 
 
@@ -308,6 +309,7 @@ def _result_view(seq: int, at: str, fields: dict[str, Any]) -> ResultView:
         fields.get("rows"), fields.get("duration_ms"), error if isinstance(error, dict) else None,
         [n for n in fields.get("notices") or [] if isinstance(n, dict)], fields.get("copy"), sets, info,
         fields.get("sha256"), fields.get("result_bytes"),
+        [m for m in fields.get("masked") or [] if isinstance(m, dict)],
     )
 
 

@@ -201,6 +201,14 @@ class MaskingStage:
                 state.cache[text] = (analysis, catalog, outcome)
         if isinstance(outcome, Deny):
             return outcome
+        if statement.kind == Kind.PARSE and statement.statement_name and len(analysis.statements) == 1:
+            # A protocol-level prepared statement is also what SQL ``EXECUTE name`` runs.
+            lin = analysis.statements[0]
+            paths = self._paths(state, session)
+            referenced, _ = state.rules.refs_hits(catalog, lin.referenced, paths)
+            state.prepared[statement.statement_name] = (
+                state.rules.expect_outputs(catalog, lin.outputs, paths), bool(referenced)
+            )
         if outcome is not None and statement.kind != Kind.PARSE:
             expected, echo, copy = outcome
             statement.mask = StatementMask(
