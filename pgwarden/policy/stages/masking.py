@@ -45,6 +45,15 @@ log = logging.getLogger("pgwarden.masking")
 
 _STATE_KEY = "masking"
 _DDL_PREFIXES = ("CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE", "REFRESH", "IMPORT", "SECURITY")
+# Statements that create code pgwarden cannot look into (a function may read masked columns).
+_OPAQUE_CODE = frozenset({
+    "CREATE FUNCTION", "CREATE PROCEDURE", "CREATE AGGREGATE", "CREATE OPERATOR", "CREATE CAST",
+    "CREATE EVENT TRIGGER", "CREATE LANGUAGE", "CREATE TRANSFORM", "ALTER FUNCTION", "ALTER PROCEDURE",
+})
+# First words of DDL commands: refused on relations with masked columns.
+_DDL_WORDS = frozenset({"CREATE", "ALTER", "DROP", "RENAME", "COMMENT", "SECURITY", "GRANT", "REVOKE"})
+# DDL that stores a query's rows: decided by where masked values flow (written_from), not refused outright.
+_COPIES_DATA = frozenset({"CREATE TABLE AS", "SELECT INTO", "CREATE MATERIALIZED VIEW"})
 # Client encodings in which a multibyte character may contain an ASCII delimiter or backslash.
 _UNSAFE_COPY_ENCODINGS = frozenset({"SJIS", "SHIFTJIS", "BIG5", "GBK", "UHC", "GB18030", "JOHAB", "SHIFTJIS2004"})
 _RELOAD_AFTER = 2.0  # seconds: a catalog older than this is reloaded for a relation it lacks
@@ -243,6 +252,12 @@ class MaskingStage:
                 ), True
             if not reloaded and self._lacks_relation(catalog, lin.relations, paths, rules.user):
                 return "reload", False
+            if lin.command in _OPAQUE_CODE:
+                return _deny(
+                    f"{where}{lin.command} is refused while masking applies to this session: a function body "
+                    "could read masked columns where pgwarden cannot see it (rule masking.functions)",
+                    "masking.functions",
+                ), True
             referenced, _unknown = rules.refs_hits(catalog, lin.referenced, paths)
             if referenced:
                 echo = True
@@ -253,6 +268,13 @@ class MaskingStage:
                     f"{where}values of masked column {hit.column} would be written into a table or file, "
                     f"which would unmask them (rule masking.{hit.rule.name})", f"masking.{hit.rule.name}",
                 ), True
+            if lin.command.split(" ", 1)[0] in _DDL_WORDS and lin.command not in _COPIES_DATA:
+                masked_rel = self._masked_relation(rules, catalog, lin.relations, paths)
+                if masked_rel is not None:
+                    return _deny(
+                        f"{where}{lin.command} on {masked_rel}, which has masked columns, is refused: renaming, "
+                        "altering or building on it could unmask them (rule masking.ddl)", "masking.ddl",
+                    ), True
             filtered, _ = rules.refs_hits(catalog, lin.filters, paths)
             for hit in filtered:
                 if hit.rule.filter == "refuse":
@@ -346,6 +368,15 @@ class MaskingStage:
         from ..masking.resolve import _expect
 
         return [_expect(rules.column_hits(catalog, rel, c[0], paths), True, False, c[2]) for c in columns]
+
+    @staticmethod
+    def _masked_relation(rules: SessionRules, catalog, relations, paths):
+        """The first of ``relations`` with a column masked for this session (views: through them)."""
+        for name in relations:
+            for rel in catalog.resolve(name, paths, rules.user):
+                if rules.column_hits(catalog, rel, 0, paths):
+                    return rel
+        return None
 
     @staticmethod
     def _lacks_relation(catalog, relations, paths, user) -> bool:
