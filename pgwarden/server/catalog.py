@@ -42,17 +42,24 @@ def catalog_loader(config: Config):
                     database=target.database,
                     ssl=ssl,
                     timeout=target.connect_timeout,
-                    server_settings={"application_name": "pgwarden-catalog"},
+                    # pg_get_viewdef locks the relations a view reads: never wait long behind
+                    # someone's open ALTER TABLE (the statement that needed us is refused instead).
+                    server_settings={"application_name": "pgwarden-catalog", "lock_timeout": "3s",
+                                     "statement_timeout": "30s", "default_transaction_read_only": "on"},
                     statement_cache_size=0,
                 ),
                 timeout=target.connect_timeout,
             )
         except Exception as exc:  # noqa: BLE001 - any failure means: no catalog, refuse
-            raise CatalogUnavailable(f"cannot connect to target {target_name!r} to read its catalog: {exc}") from exc
+            raise CatalogUnavailable(
+                f"cannot connect to target {target_name!r} to read its catalog: {type(exc).__name__} {exc}".rstrip()
+            ) from exc
         try:
             records = await asyncio.wait_for(conn.fetch(CATALOG_QUERY), timeout=max(target.connect_timeout, 30.0))
         except Exception as exc:  # noqa: BLE001
-            raise CatalogUnavailable(f"cannot read the catalog of target {target_name!r}: {exc}") from exc
+            raise CatalogUnavailable(
+                f"cannot read the catalog of target {target_name!r}: {type(exc).__name__} {exc}".rstrip()
+            ) from exc
         finally:
             try:
                 await asyncio.wait_for(conn.close(), timeout=5)

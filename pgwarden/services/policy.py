@@ -173,7 +173,9 @@ def _masking(config: Config, info: SessionInfo, statement: Statement):
                 entry: dict[str, object] = {
                     "result": index + 1,
                     "column": names[position] if names and position < len(names) else str(position + 1),
-                    "masking": {"clean": "none", "unknown": "detect", "derived": "whole value"}.get(expect.kind, "")
+                    "masking": {"clean": "none", "derived": "whole value",
+                                "unknown": "whole value" if mask.echo else
+                                ("detect" if mask.tools.detect_strategy is not None else "none")}.get(expect.kind, "")
                     or expect.hits[0].strategy,
                 }
                 if expect.hits:

@@ -113,6 +113,15 @@ def _scrub(buf: bytes, start: int, end: int, echo: bool, detect: Detect | None) 
         if echo and _may_echo(code, buf, vstart, vend, klass):
             text = buf[vstart:vend].decode("utf-8", "surrogateescape")
             text, count = _ECHO[code](text, buf[klass : klass + 2] if klass >= 0 else b"")
+        if echo and not count and buf.find(b'"', vstart, vend) >= 0 and (klass < 0 or buf[klass : klass + 2] != b"23"):
+            # Any other double-quoted text of a statement that read masked columns may be a
+            # value too (``translate(ssn, ...)::regclass``: relation "..." does not exist).
+            # Integrity errors (class 23) quote only schema names; their values are in the
+            # detail, handled above.
+            if text is None:
+                text = buf[vstart:vend].decode("utf-8", "surrogateescape")
+            text, quoted = _quoted(text)
+            count += quoted
         if detect is not None:
             if text is None:
                 text = buf[vstart:vend].decode("utf-8", "surrogateescape")
@@ -215,3 +224,18 @@ def _context(text: str, sqlstate: bytes) -> tuple[str, int]:
 
 
 _ECHO = {_M: _message, _D: _detail, _W: _context}
+_QUOTED = re.compile(r'"(?:[^"]|"")+"')
+
+
+def _quoted(text: str) -> tuple[str, int]:
+    """Every double-quoted text replaced by ``"****"``, with the count of replacements."""
+    count = 0
+
+    def replace(match: re.Match[str]) -> str:
+        nonlocal count
+        if match.group(0) == f'"{MASK}"':
+            return match.group(0)
+        count += 1
+        return f'"{MASK}"'
+
+    return _QUOTED.sub(replace, text), count

@@ -84,8 +84,9 @@ class SessionRules:
                 else:
                     hits.extend(Hit(h.rule, h.strategy, h.column, False) for h in found)
             result: tuple[Hit, ...] | None = tuple(hits) if hits or not unknown else None
-        elif rel.is_view:
-            result = self._view_column(catalog, rel, attnum, paths, depth)
+        elif rel.kind in ("v", "m"):
+            # A view's columns are what its definition makes them (unknown without one).
+            result = self._view_column(catalog, rel, attnum, paths, depth) if rel.definition else None
         else:
             column = rel.column(attnum)
             if column is None:
@@ -119,31 +120,43 @@ class SessionRules:
 
     # ------------------------------------------------------------ references
 
-    def relation_of(self, catalog: Catalog, ref: Ref, paths) -> Relation | None | bool:
-        """The relation a reference's column belongs to (first candidate that has it);
-        False when every candidate is known and none has the column; None when unknown."""
+    def relations_of(self, catalog: Catalog, ref: Ref, paths) -> list[Relation] | None | bool:
+        """The relations a reference's column may belong to: those of the first candidate that has
+        the column, every one the session's possible search paths may mean (masking takes the
+        strictest); False when every candidate is known and none has the column; None when unknown."""
         known = bool(ref.candidates)
         for name in ref.candidates:
             rels = catalog.resolve(name, paths, self.user)
             if not rels:
                 known = False
-            for rel in rels:
-                if ref.column == "*" or rel.named(ref.column) is not None:
-                    return rel
+            found = [rel for rel in rels if ref.column == "*" or rel.named(ref.column) is not None]
+            if found:
+                return found
         return False if known else None
 
+    def relation_of(self, catalog: Catalog, ref: Ref, paths) -> Relation | None | bool:
+        rels = self.relations_of(catalog, ref, paths)
+        return rels[0] if rels else rels
+
     def ref_hits(self, catalog: Catalog, ref: Ref, paths, depth: int = 0) -> tuple[Hit, ...] | None:
-        rel = self.relation_of(catalog, ref, paths)
-        if rel is False:
+        rels = self.relations_of(catalog, ref, paths)
+        if rels is False:
             # No candidate has such a column: the lineage's other reading of the name applies
             # (``o`` as the whole row of alias o, a GROUP BY output alias), which it also recorded.
             return ()
-        if rel is None:
+        if rels is None:
             return None
-        if ref.column == "*":
-            return self.column_hits(catalog, rel, 0, paths, depth)
-        column = rel.named(ref.column)
-        return self.column_hits(catalog, rel, column[0], paths, depth) if column is not None else None
+        hits: list[Hit] = []
+        for rel in rels:
+            if ref.column == "*":
+                found = self.column_hits(catalog, rel, 0, paths, depth)
+            else:
+                column = rel.named(ref.column)
+                found = self.column_hits(catalog, rel, column[0], paths, depth) if column is not None else None
+            if found is None:
+                return None
+            hits.extend(found)
+        return tuple(hits)
 
     def refs_hits(self, catalog: Catalog, refs, paths) -> tuple[list[Hit], bool]:
         """All hits of ``refs`` and whether some reference could not be resolved."""
@@ -160,9 +173,12 @@ class SessionRules:
     # ------------------------------------------------------------ outputs
 
     def expect_outputs(
-        self, catalog: Catalog, outputs: tuple[Output, ...] | None, paths, depth: int = 0
+        self, catalog: Catalog, outputs: tuple[Output, ...] | None, paths, depth: int = 0, opaque_calls: bool = False
     ) -> list[Expect] | None:
-        """One Expect per result column (stars expanded), or None when the positions are unknown."""
+        """One Expect per result column (stars expanded), or None when the positions are unknown.
+
+        ``opaque_calls``: the statement calls functions whose bodies pgwarden cannot see;
+        a computed column's origin is then unknown even when its arguments are clean."""
         if outputs is None:
             return None
         result: list[Expect] = []
@@ -190,7 +206,8 @@ class SessionRules:
                     column = rel.named(ref.column) if rel else None
                     if column is not None:
                         type_oid = column[2]
-            result.append(_expect(tuple(hits), out.direct, out.opaque or unknown, type_oid))
+            result.append(_expect(tuple(hits), out.direct, out.opaque or unknown or (opaque_calls and not out.direct),
+                                  type_oid))
         return result
 
     def names_statistics(self, catalog: Catalog, relations) -> Name | None:

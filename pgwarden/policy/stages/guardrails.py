@@ -186,6 +186,10 @@ class GuardrailsStage:
                             _UNDEFINED_PREPARED,
                             rule="guardrails.unknown_statement",
                         )
+                    if facts.command != "EXECUTE":
+                        # CREATE TABLE ... AS EXECUTE name: the statement's own effect (a new,
+                        # perhaps temporary, table) is decided too, not only what it runs.
+                        resolved.append(facts)
                     resolved.append(prepared)
                 statements = tuple(resolved)
                 cacheable = False

@@ -32,6 +32,7 @@ from ...config import Config, ConfigError
 from ...session.statement import Kind, SessionInfo, Statement
 from ...session.verdict import ALLOW, Deny, Hold
 from ...wire.constants import SQLState
+from ..functions import safe_functions
 from ..masking.catalog import CatalogCache
 from ..masking.lineage import lineage
 from ..masking.plan import MaskTools, StatementMask
@@ -162,8 +163,9 @@ class MaskingStage:
                 def strategy_for(semantic: str, _per=per_type, _default=default) -> str:
                     return _per.get(semantic, _default)
 
-            tools = MaskTools(self.tokenizer, self.config.masking.redaction, frozenset(detect.types), strategy_for,
-                              self._plugins)
+            # A plug-in's types (Presidio: person) are detected whenever the plug-in is configured.
+            types = frozenset(detect.types).union(*(getattr(p, "types", ()) for p in self._plugins))
+            tools = MaskTools(self.tokenizer, self.config.masking.redaction, types, strategy_for, self._plugins)
             self._tools[key] = tools
         return tools
 
@@ -200,7 +202,7 @@ class MaskingStage:
         if cached is not None and cached[0] is analysis and cached[1] is catalog:
             outcome = cached[2]
         else:
-            outcome, cacheable = self._decide(state, analysis, catalog, session, statement.kind, _reloaded)
+            outcome, cacheable = self._decide(state, analysis, catalog, session, statement, _reloaded)
             if outcome == "reload":
                 self.catalogs.stale(session.target)
                 return self._hold_for_catalog(statement)
@@ -231,11 +233,12 @@ class MaskingStage:
         ctx = guard.ctx if guard is not None else state.ctx
         return ctx.search_paths
 
-    def _decide(self, state: _State, analysis, catalog, session: SessionInfo, kind: str, reloaded: bool):
+    def _decide(self, state: _State, analysis, catalog, session: SessionInfo, statement: Statement, reloaded: bool):
         """(outcome, cacheable): outcome is a Deny, None (nothing to mask), "reload", or
         (expected per result set, echo, copy plan)."""
         rules = state.rules
         paths = self._paths(state, session)
+        unsafe = _unsafe_functions(statement)
         expected: list = []
         echo = False
         copy = None
@@ -294,7 +297,23 @@ class MaskingStage:
                 outputs_expect, stored_echo = stored if stored is not None else (None, False)
                 echo = echo or stored_echo
             else:
-                outputs_expect = rules.expect_outputs(catalog, outputs, paths)
+                outputs_expect = rules.expect_outputs(catalog, outputs, paths, opaque_calls=bool(unsafe))
+            if unsafe and (filtered or any(e.kind == "derived" for e in outputs_expect or ())):
+                hit = (filtered or [h for e in outputs_expect if e.kind == "derived" for h in e.hits])[0]
+                return _deny(
+                    f"{where}masked column {hit.column} is passed to function {unsafe[0]}, which pgwarden cannot "
+                    "vouch for: it could keep or reveal the value (rule masking.functions)", "masking.functions",
+                ), True
+            if lin.prepared is not None and lin.command in _COPIES_DATA:
+                # CREATE TABLE ... AS EXECUTE name: the prepared statement's values are written.
+                stored = state.prepared.get(lin.prepared)
+                if stored is None or stored[1] or any(e.hits for e in stored[0] or ()):
+                    return _deny(
+                        f"{where}the values of prepared statement {lin.prepared} would be written into a table, "
+                        "which could unmask them (rule masking.write)", "masking.write",
+                    ), True
+            if lin.returns_rows and self._masked_relation(rules, catalog, lin.relations, paths) is not None:
+                needs_mask = True  # the RowDescription's origins are checked too (a second line of defence)
             if outputs_expect is not None:
                 for position, expect in enumerate(outputs_expect):
                     if expect.kind == "derived":
@@ -428,6 +447,21 @@ class MaskingStage:
                     return
         elif statement.text and statement.text.lstrip().upper().startswith(_DDL_PREFIXES):
             self.catalogs.stale(statement.session.target)
+
+
+def _unsafe_functions(statement: Statement) -> list[str]:
+    """Functions the statement calls that are not side-effect-free built-ins (their bodies are opaque)."""
+    decision = statement.decision
+    facts = getattr(decision, "facts", None)
+    if not facts:
+        from ..analysis import analyze
+
+        facts = analyze(statement.text or "").statements
+    safe = safe_functions()
+    return sorted(
+        str(name) for f in facts for name in f.functions
+        if name.schema not in (None, "pg_catalog") or name.name not in safe
+    )
 
 
 def _deny(message: str, rule: str) -> Deny:
