@@ -342,3 +342,27 @@ def test_a_name_that_may_mean_several_relations_takes_the_strictest(env):
     finally:
         with env.connect("dba") as dba:
             dba.execute("DROP SCHEMA app CASCADE")
+
+
+def test_node_postgres_reads_masked_rows(env):
+    import os
+    import shutil
+    from pathlib import Path
+
+    node = shutil.which("node")
+    node_dir = Path(__file__).parent / "node"
+    if node is None or not (node_dir / "node_modules" / "pg" / "package.json").is_file():
+        pytest.skip("node and the npm package 'pg' (npm install --prefix tests/node) are needed")
+    proc = subprocess.run(
+        [node, str(node_dir / "masking_check.js")], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(env.gw.port), "PGUSER": "mask-agent",
+             "PGPASSWORD": env.token("agent"), "PGDATABASE": "mask", "PGSSLMODE": "disable"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["simple"] == [{"id": 1, "email": "****", "ssn": "****"}, {"id": 2, "email": "****", "ssn": "****"},
+                             {"id": 3, "email": "****", "ssn": "****"}]
+    assert out["prepared"] == [{"email": "****", "l": "****", "age": 0}] * 2
+    assert luhn_valid(out["array"][0][0]) and out["array"][0][0] != CUSTOMERS[2][5]
+    assert out["refused"]["code"] == "42501" and "masking.ssn" in out["refused"]["message"]
+    assert out["after"] == [{"one": 1}]

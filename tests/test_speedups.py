@@ -84,7 +84,33 @@ class Policy:
             return DENY_EXEC
         if "/*rewrite*/" in text:
             return Rewrite(text.replace("/*rewrite*/", "/*rewritten*/"), rule="test.rewrite")
+        if "/*mask*/" in text and stmt.kind != Kind.PARSE:
+            stmt.mask = FakeMask()  # the relay Describes a masked Execute's portal first
         return ALLOW
+
+
+class FakeMask:
+    """A masking plan source whose rewriter replaces every DataRow by a one-column row "****"."""
+
+    def result(self, description: bytes):
+        return FakeRewriter()
+
+    def copy_out(self, response: bytes):
+        return None
+
+    def scrub(self, message: bytes):
+        return None
+
+
+class FakeRewriter:
+    def data_rows(self, buf: bytes, pos: int, end: int, out: list) -> int:
+        while end - pos >= 5 and buf[pos] == 68:
+            size = struct.unpack_from("!I", buf, pos + 1)[0] + 1
+            if size > end - pos:
+                break
+            out.append(msg(b"D", struct.pack("!hi", 1, 4) + b"****"))
+            pos += size
+        return pos
 
 
 def rewrite_parameter(name: str, value: str) -> str | None:
@@ -114,6 +140,8 @@ TEXTS = [
     "select 4 /*raise*/",
     "select 5 /*deny-exec*/",
     "update t set a = 1 /*hold*/ /*deny*/",
+    "select 6 /*mask*/",
+    "select 7 /*mask*/ /*hold*/",
     "",
 ]
 NAMES = ["", "s1", "s2", "pgwarden_denied"]
@@ -494,12 +522,15 @@ class Side:
             "statements": [self.stmt(s) for s in self.policy.statements],
             "completed": None if self.completed is None else [self.sid(s) for s in self.completed],
             # (a Describe of a prepared statement's entry also names it: replies.describe_entry)
-            "pending": [(k, self.sid(s), d, self.undo(u), *rest) for k, s, d, u, *rest in r._pending],
+            # (and the relay's own Describe of a masked Execute names the statement)
+            "pending": [(k, self.sid(s), d, self.undo(u), *(self.sid(x) if isinstance(x, Statement) else x for x in rest))
+                        for k, s, d, u, *rest in r._pending],
             "prepared": dict(r._prepared),
             "portals": {k: self.value(v) for k, v in r._portals.items()},
             "queue": [(t, bytes(b[s:e])) for t, b, s, e in r._queue],
             "held": None if r._held is None else (self.sid(r._held[0]), self.verdict(r._held[1]), r._held[2], bytes(r._held[3][0][r._held[3][1] : r._held[3][2]])),
-            "flags": (r.held, r.closed, r._discarding, r._request, r._request_open, r._bind_key, r._bind_names),
+            "flags": (r.held, r.closed, r._discarding, r._request, r._request_open, r._bind_key, r._bind_names,
+                      r._masking, r._rewriter is not None, r._copy_rewriter is not None),
             "span": None if r._span_buf is None else bytes(r._span_buf[r._span_start : r._span_stop]),
             "framer": (b"".join(bytes(c) for c in framer._chunks), framer._have, framer._need),
             "server": (r._server_tail, r._server_skip),
