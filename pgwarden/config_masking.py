@@ -121,8 +121,13 @@ class DetectConfig(_Strict):
     """Content detection, for result columns whose origin pgwarden cannot tell (function results, ...)."""
 
     enabled: bool = True
+    # unknown: only result columns whose origin pgwarden cannot tell; all: every text or JSON
+    # column no column rule masks (slower: every such value is scanned).
+    scope: Literal["unknown", "all"] = "unknown"
     types: list[SemanticType] = list(DETECTABLE_TYPES)
     strategy: Strategy = "redact"
+    # Per role: semantic types that role sees unmasked (e.g. analyst: [email, phone]).
+    visible: dict[str, list[SemanticType]] = {}
     # Per semantic type: another strategy (e.g. email: partial).
     strategies: dict[SemanticType, Strategy] = {}
     # Per role: another strategy for everything detected, or "none" (no detection for that role).
@@ -175,7 +180,7 @@ class MaskingConfig(_Strict):
         return "tokenize" in strategies
 
     def role_names(self) -> set[str]:
-        names = set(self.unmasked_roles) | set(self.detect.roles)
+        names = set(self.unmasked_roles) | set(self.detect.roles) | set(self.detect.visible)
         for rule in self.rules:
             names.update(rule.roles)
         return names

@@ -85,7 +85,7 @@ def reset_database(pg) -> None:
         admin.execute("ANALYZE public.customers")
 
 
-def config_data(pg, data_dir: Path, *, audit: bool = False) -> dict:
+def config_data(pg, data_dir: Path, *, audit: bool = False, masking: dict | None = None) -> dict:
     return {
         "listen": {"host": "127.0.0.1", "port": 0, "shutdown_grace": 2, "tls": {"mode": "disable"},
                    "allow_cleartext_password_loopback": True},
@@ -95,16 +95,16 @@ def config_data(pg, data_dir: Path, *, audit: bool = False) -> dict:
         "identity": {"dev_issuer": {"enabled": True}},
         "roles": ROLES,
         "role_bindings": [{"role": r, "match": {"groups": f"mask-{r}s"}} for r in ROLES],
-        "masking": MASKING,
+        "masking": MASKING if masking is None else masking,
         "audit": {"enabled": audit},
         "data_dir": str(data_dir),
     }
 
 
 @contextlib.contextmanager
-def masking_gateway(pg, data_dir: Path, *, audit: bool = False):
+def masking_gateway(pg, data_dir: Path, *, audit: bool = False, masking: dict | None = None):
     reset_database(pg)
-    config = parse_config(config_data(pg, data_dir, audit=audit))
+    config = parse_config(config_data(pg, data_dir, audit=audit, masking=masking))
     with RunningGateway(config) as gw:
         yield Env(gw, config)
 

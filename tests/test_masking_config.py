@@ -7,7 +7,7 @@ import stat
 import psycopg
 import pytest
 
-from masking_env import TARGET, config_data, masking_gateway, reset_database
+from masking_env import DB, MASKING, TARGET, config_data, masking_gateway, reset_database
 from pgwarden.config import ConfigError, parse_config
 from pgwarden.policy.stages.guardrails import GuardrailsStage
 from pgwarden.policy.stages.masking import MaskingStage, load_masking_key
@@ -111,3 +111,24 @@ def test_policy_check_shows_masking_and_refusals(pg, tmp_path):
         assert refused.sqlstate == "42501"
         dba = check_statement(env.config, "SELECT ssn FROM customers", role="dba")
         assert dba.decision.action == "allow" and dba.masking is None
+
+
+def test_detection_everywhere_and_types_a_role_may_see(pg, tmp_path):
+    """detect.scope all scans free text of known columns too; detect.visible exempts types per role."""
+    masking = {**MASKING, "detect": {"scope": "all", "visible": {"analyst": ["email"]}}}
+    with masking_gateway(pg, tmp_path, masking=masking) as env:
+        with psycopg.connect(pg.dsn("postgres", DB), autocommit=True) as admin:
+            admin.execute("UPDATE customers SET note = 'mail alice.archer@example.com or call 415-555-0101' "
+                          "WHERE id = 1")
+        with env.connect("agent") as conn:
+            assert conn.execute("SELECT note FROM customers WHERE id = 1").fetchone() == ("mail **** or call ****",)
+            assert conn.execute("SELECT email FROM customers WHERE id = 1").fetchone() == ("****",)  # the rule still
+        with env.connect("analyst") as conn:
+            assert conn.execute("SELECT note FROM customers WHERE id = 1").fetchone() == (
+                "mail alice.archer@example.com or call ****",)
+    with masking_gateway(pg, tmp_path / "unknown-only") as env:  # the default: only unknown origins
+        with psycopg.connect(pg.dsn("postgres", DB), autocommit=True) as admin:
+            admin.execute("UPDATE customers SET note = 'mail alice.archer@example.com' WHERE id = 1")
+        with env.connect("agent") as conn:
+            assert conn.execute("SELECT note FROM customers WHERE id = 1").fetchone() == (
+                "mail alice.archer@example.com",)

@@ -38,12 +38,15 @@ _FIELD = struct.Struct("!IhIhih")
 class MaskTools:
     """What every plan needs that does not change per session: tokenizer, redaction text, detectors."""
 
-    def __init__(self, tokenizer, redaction: str, detect_types: frozenset[str], detect_strategy, plugins=()) -> None:
+    def __init__(self, tokenizer, redaction: str, detect_types: frozenset[str], detect_strategy, plugins=(),
+                 detect_all: bool = False) -> None:
         self.tokenizer = tokenizer
         self.redaction = redaction
         self.detect_types = detect_types
         self.detect_strategy = detect_strategy  # type -> strategy, or None: no detection
         self.plugins = tuple(plugins)
+        # detect.scope all: detectors also run on columns of known, unmasked origin.
+        self.detect_all = detect_all and detect_strategy is not None
 
 
 def parse_row_description(message: bytes) -> list[tuple[str, int, int, int, int]]:
@@ -140,10 +143,10 @@ class StatementMask:
                 tokenizer=tools.tokenizer, constant=hit.rule.constant, redaction=tools.redaction,
             )  # fmt: skip
             return masker, hit.strategy, hit
-        if "clean" in kinds:
+        if "clean" in kinds and not tools.detect_all:
             return None, None, None
-        # Origin and lineage both unknown.
-        if self.echo:
+        # Origin and lineage both unknown (or detection everywhere).
+        if self.echo and "clean" not in kinds:
             return whole_masker(type_oid, fmt, redaction=tools.redaction), "whole", None
         if tools.detect_strategy is not None:
             masker = detect_masker(

@@ -165,7 +165,12 @@ class MaskingStage:
 
             # A plug-in's types (Presidio: person) are detected whenever the plug-in is configured.
             types = frozenset(detect.types).union(*(getattr(p, "types", ()) for p in self._plugins))
-            tools = MaskTools(self.tokenizer, self.config.masking.redaction, types, strategy_for, self._plugins)
+            if role is not None:
+                types = types - frozenset(detect.visible.get(role, ()))
+            if not types:
+                strategy_for = None
+            tools = MaskTools(self.tokenizer, self.config.masking.redaction, types, strategy_for, self._plugins,
+                              detect_all=detect.scope == "all")
             self._tools[key] = tools
         return tools
 
@@ -312,7 +317,9 @@ class MaskingStage:
                         f"{where}the values of prepared statement {lin.prepared} would be written into a table, "
                         "which could unmask them (rule masking.write)", "masking.write",
                     ), True
-            if lin.returns_rows and self._masked_relation(rules, catalog, lin.relations, paths) is not None:
+            if lin.returns_rows and (
+                tools.detect_all or self._masked_relation(rules, catalog, lin.relations, paths) is not None
+            ):
                 needs_mask = True  # the RowDescription's origins are checked too (a second line of defence)
             if outputs_expect is not None:
                 for position, expect in enumerate(outputs_expect):
@@ -359,7 +366,7 @@ class MaskingStage:
                     if hit.rule.copy_out == "refuse":
                         return _deny(f"{where}COPY of masked column {hit.column} is refused (rule masking.{hit.rule.name})",
                                      f"masking.{hit.rule.name}"), True
-                if hits or copy_plan is None or tools.detect_strategy is not None:
+                if hits or copy_plan is None or tools.detect_strategy is not None or tools.detect_all:
                     encoding = session.server_params.get("client_encoding", "UTF8").upper().replace("-", "")
                     if encoding in _UNSAFE_COPY_ENCODINGS:
                         return _deny(f"{where}COPY cannot be masked safely in client_encoding {encoding} "
