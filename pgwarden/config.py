@@ -61,7 +61,6 @@ SAFE_STARTUP_PARAMETERS = frozenset(
         "lock_timeout",
         "idle_in_transaction_session_timeout",
         "idle_session_timeout",
-        "standard_conforming_strings",
         "client_min_messages",
         "default_transaction_isolation",
         "lc_monetary",
@@ -334,7 +333,8 @@ class Config(_Strict):
                         f"audit.store.dsn: the audit trail must not live in a protected target (it is target {name!r}): "
                         "whoever can write to the target could then rewrite the evidence"
                     )
-        forbidden = {"options", "replication", "role", "session_authorization", "user", "database"}
+        forbidden = {"options", "replication", "role", "session_authorization", "user", "database",
+                     "standard_conforming_strings"}
         bad = [p for p in self.forward_startup_parameters if p.lower() in forbidden]
         if bad:
             raise ValueError(f"forward_startup_parameters: {', '.join(bad)} can never be forwarded")

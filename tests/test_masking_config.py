@@ -132,3 +132,18 @@ def test_detection_everywhere_and_types_a_role_may_see(pg, tmp_path):
         with env.connect("agent") as conn:
             assert conn.execute("SELECT note FROM customers WHERE id = 1").fetchone() == (
                 "mail alice.archer@example.com",)
+
+
+def test_serve_and_config_check_report_a_missing_masking_key_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "pgwarden.yaml"
+    path.write_text("listen: {port: 0}\ntargets: {t: {database: d, user: u}}\n"
+                    "masking: {key_env: PGWARDEN_TEST_NO_SUCH_KEY, rules: [{name: a, columns: email, strategy: tokenize}]}\n")
+    for command in (["config", "check"], ["serve"]):
+        proc = subprocess.run([sys.executable, "-m", "pgwarden", *command, "--config", str(path)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0
+        assert proc.stderr.strip().splitlines() == [
+            "error: masking.key_env: environment variable PGWARDEN_TEST_NO_SUCH_KEY must hold at least 16 bytes"]

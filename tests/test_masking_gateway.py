@@ -366,3 +366,25 @@ def test_node_postgres_reads_masked_rows(env):
     assert luhn_valid(out["array"][0][0]) and out["array"][0][0] != CUSTOMERS[2][5]
     assert out["refused"]["code"] == "42501" and "masking.ssn" in out["refused"]["message"]
     assert out["after"] == [{"one": 1}]
+
+
+def test_standard_conforming_strings_cannot_be_turned_off(env, pg):
+    """With it off, 'a\\'' is one literal to PostgreSQL but a literal and more SQL to the parser."""
+    with env.connect("developer") as conn:
+        for sql in ("SET standard_conforming_strings = off", "SELECT set_config('standard_conforming_strings', 'off', false)",
+                    "SELECT set_config(lower('X.Y'), 'off', false)"):
+            with pytest.raises(errors.InsufficientPrivilege) as info:
+                conn.execute(sql)
+            assert "guardrails.parser_settings" in info.value.diag.message_primary
+        got = conn.execute("SELECT 'a\\'' AS a, email FROM customers --'").fetchall()
+        assert not leaks(got)
+    # Turned off behind pgwarden's back (for the database): sessions are refused, not inspected wrongly.
+    pg.psql("ALTER DATABASE maskdb SET standard_conforming_strings = off")
+    try:
+        with pytest.raises(psycopg.OperationalError) as info:
+            env.connect("agent")
+        assert "standard_conforming_strings" in str(info.value)
+    finally:
+        pg.psql("ALTER DATABASE maskdb RESET standard_conforming_strings")
+    with env.connect("agent") as conn:
+        assert conn.execute("SELECT email FROM customers WHERE id = 1").fetchone() == ("****",)

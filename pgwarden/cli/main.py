@@ -75,6 +75,8 @@ def serve(config: ConfigOption = None) -> None:
     except AuditStoreError as exc:
         # Fail closed: without its audit trail the gateway does not start.
         fail(f"cannot start the audit trail: {exc}", 1)
+    except ConfigError as exc:  # found while building the stages (e.g. the masking key)
+        fail(str(exc), 1)
     except OSError as exc:
         fail(f"cannot listen on {cfg.listen.host}:{cfg.listen.port}: {exc.strerror or exc}", 1)
 
@@ -99,6 +101,11 @@ def config_check(
             problems.append(f"targets.{name}.sslrootcert: file {target.sslrootcert} does not exist")
         if target.password_env is not None and target.password_env not in os.environ:
             problems.append(f"targets.{name}.password_env: environment variable {target.password_env} is not set")
+    masking = cfg.masking
+    if masking.active and masking.uses_tokens and masking.key_env is not None:
+        value = os.environ.get(masking.key_env)
+        if value is None or len(value.encode()) < 16:
+            problems.append(f"masking.key_env: environment variable {masking.key_env} must hold at least 16 bytes")
     if problems:
         fail(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     out.print(f"{path}: OK ({len(cfg.targets)} target(s), {len(cfg.users)} user(s))")

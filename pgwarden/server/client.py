@@ -376,6 +376,21 @@ class ClientConnection(asyncio.Protocol):
         if self.phase == "CLOSED":
             upstream.close()
             return
+        if hs.server_params.get("standard_conforming_strings", "on") != "on":
+            # pgwarden's parser reads SQL as PostgreSQL does only with standard strings.
+            upstream.close()
+            self._log.error("target %s has standard_conforming_strings off; sessions are refused", event.database,
+                            extra={"event": "upstream_failed"})
+            self.close(
+                "upstream has standard_conforming_strings off",
+                encode.error_response(
+                    SQLState.FEATURE_NOT_SUPPORTED,
+                    f'pgwarden: target "{event.database}" reads SQL with standard_conforming_strings off, '
+                    "which pgwarden cannot inspect safely",
+                    severity="FATAL",
+                ),
+            )
+            return
         self.upstream = upstream
         self.upstream_key = hs.backend_key
         if self._timer is not None:

@@ -246,6 +246,11 @@ class ReplyTracker:
             return None
         if t == B.PARAMETER_STATUS:
             name, value = decode_parameter_status(buf[pos + 5 : pos + size])
+            if name == "standard_conforming_strings" and value != "on":
+                # pgwarden's parser reads string literals as PostgreSQL does only with this on;
+                # off, 'a\'' hides SQL from every check. The guardrails refuse changing it, so
+                # this is something else (ALTER ROLE ... SET by another path): end the session.
+                raise ProtocolViolation("upstream turned standard_conforming_strings off")
             self.session.server_params[name] = value
             if self._rewrite_parameter is not None:
                 new = self._rewrite_parameter(name, value)

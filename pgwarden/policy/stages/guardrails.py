@@ -193,7 +193,9 @@ class GuardrailsStage:
                     resolved.append(prepared)
                 statements = tuple(resolved)
                 cacheable = False
-            decision = self._identity_decision(statement, analysis.statements, statements)
+            decision = _parser_settings_refusal(analysis.statements) or self._identity_decision(
+                statement, analysis.statements, statements
+            )
             if decision is None:
                 decision = self.policy.decide(statements, state.ctx, self.now)
             if cacheable and not _has_session_effects(analysis.statements):
@@ -294,6 +296,30 @@ class GuardrailsStage:
                     continue  # back to the startup value, already among the candidates
                 state.ctx.add_search_path(path)
                 state.decisions.clear()
+
+
+def _parser_settings_refusal(statements) -> Decision | None:
+    """Refuse changing how PostgreSQL reads SQL text, for every session whatever its packs.
+
+    With ``standard_conforming_strings`` off, ``'a\\''`` is one string literal to
+    PostgreSQL and a literal followed by SQL to pgwarden's parser (libpg_query
+    always reads standard strings), so everything after it would escape the
+    guardrails and masking. A setting whose name is computed (``set_config(expr,
+    …)``) could be that one.
+    """
+    for facts in statements:
+        settings = facts.settings
+        if not settings:
+            continue
+        if "standard_conforming_strings" in settings:
+            return Decision(DENY, "guardrails.parser_settings",
+                            "standard_conforming_strings may not be changed: pgwarden reads SQL as PostgreSQL does "
+                            "only with it on", None, facts=tuple(statements))
+        if "?" in settings:
+            return Decision(DENY, "guardrails.parser_settings",
+                            "a setting whose name is computed may not be changed (it could change how SQL is read)",
+                            "Name the setting in SET or set_config.", facts=tuple(statements))
+    return None
 
 
 def _prepared_facts(facts: StatementFacts) -> StatementFacts:
