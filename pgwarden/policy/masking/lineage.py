@@ -34,7 +34,7 @@ from pglast import parser as _pg
 from ..analysis.facts import Name
 from ..analysis.statement import command_of
 from ..analysis.utility import _defelems, _strings
-from .lineage_scope import Col, Item, Level, Ref, BASE
+from .lineage_scope import Col, Item, Level, Ref, BASE, TooComplex
 from .lineage_walk import LineageWalker
 
 __all__ = ["Copy", "Lineage", "LineageAnalysis", "Name", "Output", "Ref", "lineage"]
@@ -133,6 +133,8 @@ def lineage(text: str) -> LineageAnalysis:
         return LineageAnalysis(tuple(_statement(raw.get("stmt") or {}) for raw in tree.get("stmts", ())))
     except RecursionError:
         return LineageAnalysis((), error="statement is nested too deeply to analyse")
+    except TooComplex:
+        return LineageAnalysis((), error="statement is too complex to analyse (nested recursive queries)")
     except Exception as exc:  # a node shape this code does not expect: fail closed, never crash the caller
         return LineageAnalysis((), error=f"lineage analysis failed ({type(exc).__name__}: {exc})")
 

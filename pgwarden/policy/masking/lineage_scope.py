@@ -159,6 +159,14 @@ def _int(node: Any) -> int | None:
     return None
 
 
+#: Expressions and query levels one statement may take to analyse (a 200 KB statement takes far fewer).
+MAX_STEPS = 100_000
+
+
+class TooComplex(Exception):
+    """The statement needs more analysis than MAX_STEPS."""
+
+
 class ScopeWalker:
     """Name resolution and expressions, and the statement-wide sets they fill.
 
@@ -167,6 +175,10 @@ class ScopeWalker:
     """
 
     def __init__(self) -> None:
+        # Work done so far (expressions and query levels walked): nested recursive CTEs make
+        # the fixpoint iterate inside itself, exponentially; past the budget the statement is
+        # refused as too complex rather than stalling the event loop.
+        self.steps = 0
         self.referenced: set[Ref] = set()
         self.filters: set[Ref] = set()
         self.written: set[Ref] = set()
@@ -321,6 +333,9 @@ class ScopeWalker:
 
     def expr(self, node: Any, level: Level, out: set) -> int:
         """Add the sources of an expression to ``out``; return DIRECT/OPAQUE bits."""
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise TooComplex
         if type(node) is list:
             flags = 0
             for n in node:

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..analysis.facts import Name
 from ..analysis.utility import _strings
-from .lineage_scope import (BASE, DERIVED, DIRECT, FUNC, JOIN, OPAQUE, Col, Item, Level, ScopeWalker, _Cte, _int, _one,
+from .lineage_scope import (BASE, DERIVED, DIRECT, FUNC, JOIN, MAX_STEPS, OPAQUE, Col, Item, Level, ScopeWalker, TooComplex, _Cte, _int, _one,
                             label, rename, setop)
 
 __all__ = ["LineageWalker"]
@@ -56,6 +56,9 @@ class LineageWalker(ScopeWalker):
         return [Col("?column?", frozenset(out), False, True, wide=True)]
 
     def select(self, body: dict, outer: Level | None, ctes: dict) -> list[Col]:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise TooComplex
         ctes = self.with_(body.get("withClause"), outer, ctes)
         level = Level(outer, ctes)
         op = body.get("op", "SETOP_NONE")

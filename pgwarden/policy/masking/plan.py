@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import struct
 
+from ...wire import encode
+from ...wire.messages import decode_error_fields
 from .catalog import Catalog
 from .copy import CopyMasker
 from .errors import scrub_message
@@ -94,9 +96,11 @@ class StatementMask:
 
     def result(self, description: bytes):
         columns = parse_row_description(description)
-        expected = self.expected[self._index] if self._index < len(self.expected) else None
+        expected = None
+        if self.expected is not None and self._index < len(self.expected):
+            expected = self.expected[self._index]
         self._index += 1
-        if expected is not None and len(expected) != len(columns):
+        if expected is not None and not _aligned(expected, columns):
             expected = None
         maskers = []
         labels = []
@@ -202,6 +206,8 @@ class StatementMask:
     # ------------------------------------------------------------ errors and notices
 
     def scrub(self, message: bytes) -> bytes | None:
+        if self.echo and message[:1] == b"E":
+            return self._withheld(message)
         detect = None
         tools = self.tools
         if tools.detect_strategy is not None:
@@ -220,6 +226,25 @@ class StatementMask:
         self.scrubbed += count
         return new
 
+    def _withheld(self, message: bytes) -> bytes:
+        """An error of a statement that read masked columns, without its texts.
+
+        PostgreSQL echoes values in ways no pattern list can cover (``index 1234567891
+        out of valid range`` from ``get_byte(…, ssn::int)``, a time built from SSN
+        parts); so the client keeps the SQLSTATE, severity and position, and the
+        message says only that it was withheld. The gateway log does not see it either.
+        """
+        fields = decode_error_fields(message[5:]).fields
+        sqlstate = fields.get("C", "XX000")
+        self.scrubbed += 1
+        return encode.error_response(
+            sqlstate,
+            f"pgwarden: the error message was withheld because the statement reads masked columns "
+            f"(SQLSTATE {sqlstate})",
+            severity=fields.get("V") or fields.get("S") or "ERROR",
+            hint="Run it without the masked columns to see PostgreSQL's message.",
+        )
+
     # ------------------------------------------------------------ evidence
 
     def report(self) -> list[dict]:
@@ -236,6 +261,18 @@ class StatementMask:
         if self.scrubbed:
             out.append({"column": "(error or notice text)", "strategy": "scrub", "values": self.scrubbed})
         return out
+
+
+def _aligned(expected: list[Expect], columns: list) -> bool:
+    """Whether these expectations describe this result: same width, and every column the
+    lineage tied to one base column has that origin in the RowDescription. (A multi-statement
+    string whose results pgwarden miscounted must not lend one result's plan to another.)"""
+    if len(expected) != len(columns):
+        return False
+    for expect, (_name, table, attnum, _type, _fmt) in zip(expected, columns):
+        if expect.origin is not None and expect.origin != (table, attnum):
+            return False
+    return True
 
 
 def _opt(value) -> str | None:

@@ -22,7 +22,7 @@ from ..analysis.facts import Name
 from .catalog import Catalog, Relation
 from .lineage import Output, Ref, lineage
 
-__all__ = ["Expect", "Hit", "SessionRules", "CLEAN", "UNKNOWN", "MAX_VIEW_DEPTH"]
+__all__ = ["Expect", "Hit", "SessionRules", "CLEAN", "UNKNOWN", "MAX_VIEW_DEPTH", "merge_expects"]
 
 MAX_VIEW_DEPTH = 8
 
@@ -42,6 +42,9 @@ class Expect:
     kind: str  # clean | masked | derived | unknown
     hits: tuple[Hit, ...] = ()
     type_oid: int = 0  # the column's type when it is a known base column (for COPY)
+    # (relation OID, attnum) when the column is one known base or view column: the
+    # RowDescription must name the same origin, else the expectations are not this result's.
+    origin: tuple[int, int] | None = None
 
 
 CLEAN = Expect("clean")
@@ -185,16 +188,17 @@ class SessionRules:
         for out in outputs:
             if out.star is not None:
                 rels = catalog.resolve(out.star, paths, self.user)
-                if not rels:
-                    return None
+                if len(rels) != 1:
+                    return None  # unknown, or several relations of that name: the width is not known
                 rel = rels[0]
                 for column in rel.columns:
                     hits = self.column_hits(catalog, rel, column[0], paths, depth)
-                    result.append(_expect(hits, True, False, column[2]))
+                    result.append(_expect(hits, True, False, column[2], (rel.oid, column[0])))
                 continue
             hits: list[Hit] = []
             unknown = False
             type_oid = 0
+            origin = None
             for ref in out.sources:
                 found = self.ref_hits(catalog, ref, paths, depth)
                 if found is None:
@@ -202,12 +206,14 @@ class SessionRules:
                 else:
                     hits.extend(found)
                 if out.direct and len(out.sources) == 1 and ref.column != "*":
-                    rel = self.relation_of(catalog, ref, paths)
-                    column = rel.named(ref.column) if rel else None
-                    if column is not None:
-                        type_oid = column[2]
+                    rels = self.relations_of(catalog, ref, paths)
+                    if rels and len(rels) == 1:
+                        column = rels[0].named(ref.column)
+                        if column is not None:
+                            type_oid = column[2]
+                            origin = (rels[0].oid, column[0])
             result.append(_expect(tuple(hits), out.direct, out.opaque or unknown or (opaque_calls and not out.direct),
-                                  type_oid))
+                                  type_oid, origin))
         return result
 
     def names_statistics(self, catalog: Catalog, relations) -> Name | None:
@@ -221,13 +227,38 @@ class SessionRules:
 _STATISTICS = frozenset({"pg_stats", "pg_statistic", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic_ext_data"})
 
 
-def _expect(hits: tuple[Hit, ...] | None, direct: bool, opaque: bool, type_oid: int) -> Expect:
+def _expect(hits: tuple[Hit, ...] | None, direct: bool, opaque: bool, type_oid: int,
+            origin: tuple[int, int] | None = None) -> Expect:
     if hits is None:
         return UNKNOWN
     if hits:
         if direct and all(h.direct for h in hits):
-            return Expect("masked", hits, type_oid)
-        return Expect("derived", hits, type_oid)
+            return Expect("masked", hits, type_oid, origin)
+        return Expect("derived", hits, type_oid, origin if direct else None)
     if opaque:
         return UNKNOWN
-    return Expect("clean", (), type_oid) if type_oid else CLEAN
+    return Expect("clean", (), type_oid, origin) if type_oid or origin else CLEAN
+
+
+_STRICTNESS = {"clean": 0, "unknown": 1, "masked": 2, "derived": 3}
+
+
+def merge_expects(old: list[Expect] | None, new: list[Expect] | None) -> list[Expect] | None:
+    """The stricter of two expectations for the same name (a PREPARE or DECLARE whose
+    success is not known yet: the name means one or the other)."""
+    if old is None or new is None or len(old) != len(new):
+        return None
+    merged = []
+    for a, b in zip(old, new):
+        if a == b:
+            merged.append(a)
+            continue
+        seen: set = set()
+        hits = tuple(h for h in a.hits + b.hits
+                     if (key := (h.rule.name, h.strategy, h.column, h.direct)) not in seen and not seen.add(key))
+        kind = max(a.kind, b.kind, key=_STRICTNESS.__getitem__)
+        if kind == "masked" and len({(h.rule.name, h.strategy) for h in hits}) > 1:
+            kind = "derived"
+        merged.append(Expect(kind, hits, a.type_oid if a.type_oid == b.type_oid else 0,
+                             a.origin if a.origin == b.origin else None))
+    return merged

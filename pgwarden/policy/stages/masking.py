@@ -36,7 +36,7 @@ from ..functions import safe_functions
 from ..masking.catalog import CatalogCache
 from ..masking.lineage import lineage
 from ..masking.plan import MaskTools, StatementMask
-from ..masking.resolve import Expect, SessionRules
+from ..masking.resolve import Expect, SessionRules, merge_expects
 from ..masking.strategies import Tokenizer
 from .guardrails import acting_role, session_context
 
@@ -45,6 +45,7 @@ __all__ = ["MaskingStage", "load_masking_key"]
 log = logging.getLogger("pgwarden.masking")
 
 _STATE_KEY = "masking"
+_DDL_PENDING = "masking_ddl_pending"  # DDL ran inside a transaction block that has not ended yet
 _DDL_PREFIXES = ("CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE", "REFRESH", "IMPORT", "SECURITY")
 # Statements that create code pgwarden cannot look into (a function may read masked columns).
 _OPAQUE_CODE = frozenset({
@@ -86,14 +87,26 @@ def load_masking_key(config: Config) -> bytes:
 
 
 class _State:
-    __slots__ = ("rules", "ctx", "cursors", "prepared", "cache")
+    """One masked session's view: its rules, and what the names of its prepared statements
+    and cursors (SQL and protocol level share them) may return.
+
+    A PREPARE or DECLARE may fail (the name exists) or be rolled back: until the
+    statement is known to have succeeded, a name means the stricter of its old and
+    new meaning (``merge_expects``); on success it means exactly the new one.
+    DEALLOCATE, CLOSE and DISCARD forget only once they succeeded.
+    """
+
+    __slots__ = ("rules", "ctx", "cursors", "prepared", "cache", "effects")
 
     def __init__(self, rules: SessionRules, ctx) -> None:
         self.rules = rules
         self.ctx = ctx
-        self.cursors: dict[str, tuple[list[Expect] | None, bool]] = {}
-        self.prepared: dict[str, tuple[list[Expect] | None, bool]] = {}
+        # name -> (expectations or None, echo, returns rows: True/False/None unknown)
+        self.cursors: dict[str, tuple[list[Expect] | None, bool, bool | None]] = {}
+        self.prepared: dict[str, tuple[list[Expect] | None, bool, bool | None]] = {}
         self.cache: dict[str, tuple[Any, Any, Any]] = {}  # text -> (analysis, catalog, outcome)
+        # id(statement) -> (statement, [(table name, name, entry or None to forget)]): applied on success
+        self.effects: dict[int, tuple[Statement, list]] = {}
 
 
 class MaskingStage:
@@ -190,24 +203,27 @@ class MaskingStage:
     def check(self, statement: Statement, _reloaded: bool = False) -> Deny | Hold | None:
         session = statement.session
         state = session.extra.get(_STATE_KEY)
-        if state is None or statement.text is None or statement.kind == Kind.FUNCTION_CALL:
+        if state is None or statement.kind == Kind.FUNCTION_CALL:
             return None
         catalog = self.catalogs.get(session.target)
         if catalog is None:
             return self._hold_for_catalog(statement)
         text = statement.text
+        if text is None:
+            # An Execute of a portal whose statement only SQL PREPARE or DECLARE made.
+            return self._attach(statement, state, catalog, _NOTHING)
         analysis = lineage(text)
         if analysis.error is not None:
             return Deny(
                 f"pgwarden: masking cannot analyse this statement ({analysis.error}), so it is refused",
-                SQLState.SYNTAX_ERROR,
+                "54001" if "complex" in analysis.error else SQLState.SYNTAX_ERROR,
                 rule="masking.unparsed",
             )
         cached = state.cache.get(text)
         if cached is not None and cached[0] is analysis and cached[1] is catalog:
             outcome = cached[2]
         else:
-            outcome, cacheable = self._decide(state, analysis, catalog, session, statement, _reloaded)
+            outcome, cacheable = self._decide(state, analysis, catalog, statement, _reloaded)
             if outcome == "reload":
                 self.catalogs.stale(session.target)
                 return self._hold_for_catalog(statement)
@@ -217,37 +233,72 @@ class MaskingStage:
                 state.cache[text] = (analysis, catalog, outcome)
         if isinstance(outcome, Deny):
             return outcome
-        if statement.kind == Kind.PARSE and statement.statement_name and len(analysis.statements) == 1:
-            # A protocol-level prepared statement is also what SQL ``EXECUTE name`` runs.
-            lin = analysis.statements[0]
-            paths = self._paths(state, session)
-            referenced, _ = state.rules.refs_hits(catalog, lin.referenced, paths)
-            state.prepared[statement.statement_name] = (
-                state.rules.expect_outputs(catalog, lin.outputs, paths), bool(referenced)
+        return self._attach(statement, state, catalog, outcome)
+
+    def _attach(self, statement: Statement, state: _State, catalog, outcome) -> Deny | None:
+        """Apply the decision's effects on names and give the statement its mask, if it needs one."""
+        session = statement.session
+        expected, echo, copy, effects, needs = outcome
+        if effects:
+            self._stage_effects(state, statement, effects)
+        kind = statement.kind
+        if kind == Kind.PARSE:
+            return None
+        if kind == Kind.EXECUTE:
+            # The portal may be a prepared statement or cursor SQL made (the relay's text for
+            # the name may be stale): its expectations count too, the stricter wins.
+            extra = []
+            if statement.statement_name and statement.statement_name in state.prepared:
+                extra.append(state.prepared[statement.statement_name])
+            if statement.portal_name and statement.portal_name in state.cursors:
+                extra.append(state.cursors[statement.portal_name])
+            if statement.text is None and not extra:
+                extra.append((None, True, None))  # unknown to masking: decide by the RowDescription alone
+            for stored in extra:
+                expected = [merge_expects(expected[0], stored[0]) if expected else stored[0]]
+                echo = echo or stored[1]
+                needs = needs or _needs(expected, stored[1], session.extra["masking_tools"])
+        if copy is not None and _unsafe_encoding(session.server_params.get("client_encoding", "UTF8")):
+            return _deny(
+                "COPY cannot be masked safely in client_encoding "
+                f"{session.server_params.get('client_encoding')} (a multibyte character may contain a delimiter "
+                "byte; rule masking.copy_encoding)", "masking.copy_encoding",
             )
-        if outcome is not None and statement.kind != Kind.PARSE:
-            expected, echo, copy = outcome
+        if needs:
             statement.mask = StatementMask(
-                state.rules, catalog, self._paths(state, session), session.extra["masking_tools"], expected, echo, copy,
+                state.rules, catalog, None, session.extra["masking_tools"], expected, echo, copy,
                 session.server_params.get("client_encoding", "UTF8"),
             )
         return None
 
-    def _paths(self, state: _State, session: SessionInfo):
-        guard = session.extra.get("guardrails")
-        ctx = guard.ctx if guard is not None else state.ctx
-        return ctx.search_paths
+    @staticmethod
+    def _stage_effects(state: _State, statement: Statement, effects: list) -> None:
+        """Names defined now mean the stricter of old and new until the statement succeeds."""
+        for table_name, name, entry in effects:
+            if entry is None:
+                continue  # forgetting waits for success
+            table = state.prepared if table_name == "prepared" else state.cursors
+            old = table.get(name)
+            table[name] = entry if old is None else (
+                merge_expects(old[0], entry[0]), old[1] or entry[1],
+                None if old[2] is None or entry[2] is None else old[2] or entry[2],
+            )
+        if len(state.effects) > 256:
+            state.effects.clear()
+        state.effects[id(statement)] = (statement, effects)
 
-    def _decide(self, state: _State, analysis, catalog, session: SessionInfo, statement: Statement, reloaded: bool):
-        """(outcome, cacheable): outcome is a Deny, None (nothing to mask), "reload", or
-        (expected per result set, echo, copy plan)."""
+    def _decide(self, state: _State, analysis, catalog, statement: Statement, reloaded: bool):
+        """(outcome, cacheable): outcome is a Deny, "reload", or (expected per result set or
+        None when their order is unknown, echo, copy plan, effects on names)."""
         rules = state.rules
-        paths = self._paths(state, session)
+        paths = None  # names resolve in every schema: the strictest meaning wins (docs/masking.md)
+        session = statement.session
         unsafe = _unsafe_functions(statement)
-        expected: list = []
+        expected: list | None = []
         echo = False
         copy = None
         cacheable = True
+        effects: list = []
         tools = session.extra["masking_tools"]
         needs_mask = False
         for index, lin in enumerate(analysis.statements):
@@ -269,6 +320,12 @@ class MaskingStage:
             referenced, _unknown = rules.refs_hits(catalog, lin.referenced, paths)
             if referenced:
                 echo = True
+                if unsafe:
+                    return _deny(
+                        f"{where}this statement reads masked column {referenced[0].column} and calls "
+                        f"{unsafe[0]}, a function pgwarden cannot vouch for: it could keep or reveal masked values "
+                        "(rule masking.functions)", "masking.functions",
+                    ), True
             written, _ = rules.refs_hits(catalog, lin.written_from, paths)
             if written:
                 hit = written[0]
@@ -291,32 +348,25 @@ class MaskingStage:
                         f"(rule masking.{hit.rule.name})", f"masking.{hit.rule.name}",
                     ), True
             outputs = lin.outputs
+            returns_rows: bool | None = lin.returns_rows
             if lin.cursor is not None and lin.command in ("FETCH", "MOVE"):
                 cacheable = False
-                stored = state.cursors.get(lin.cursor)
-                outputs_expect, stored_echo = stored if stored is not None else (None, False)
+                outputs_expect, stored_echo, _ = state.cursors.get(lin.cursor, (None, True, True))
                 echo = echo or stored_echo
-            elif lin.prepared is not None and lin.command == "EXECUTE":
+            elif lin.prepared is not None and lin.command in ("EXECUTE", *_COPIES_DATA):
                 cacheable = False
-                stored = state.prepared.get(lin.prepared)
-                outputs_expect, stored_echo = stored if stored is not None else (None, False)
+                outputs_expect, stored_echo, stored_rows = state.prepared.get(lin.prepared, (None, True, None))
                 echo = echo or stored_echo
-            else:
-                outputs_expect = rules.expect_outputs(catalog, outputs, paths, opaque_calls=bool(unsafe))
-            if unsafe and (filtered or any(e.kind == "derived" for e in outputs_expect or ())):
-                hit = (filtered or [h for e in outputs_expect if e.kind == "derived" for h in e.hits])[0]
-                return _deny(
-                    f"{where}masked column {hit.column} is passed to function {unsafe[0]}, which pgwarden cannot "
-                    "vouch for: it could keep or reveal the value (rule masking.functions)", "masking.functions",
-                ), True
-            if lin.prepared is not None and lin.command in _COPIES_DATA:
-                # CREATE TABLE ... AS EXECUTE name: the prepared statement's values are written.
-                stored = state.prepared.get(lin.prepared)
-                if stored is None or stored[1] or any(e.hits for e in stored[0] or ()):
+                if lin.command == "EXECUTE":
+                    returns_rows = stored_rows
+                if lin.command in _COPIES_DATA and (stored_echo or any(e.hits for e in outputs_expect or ())
+                                                    or outputs_expect is None):
                     return _deny(
                         f"{where}the values of prepared statement {lin.prepared} would be written into a table, "
                         "which could unmask them (rule masking.write)", "masking.write",
                     ), True
+            else:
+                outputs_expect = rules.expect_outputs(catalog, outputs, paths, opaque_calls=bool(unsafe))
             if lin.returns_rows and (
                 tools.detect_all or self._masked_relation(rules, catalog, lin.relations, paths) is not None
             ):
@@ -337,28 +387,19 @@ class MaskingStage:
                         needs_mask = True
             elif lin.returns_rows:
                 needs_mask = True  # positions unknown: the RowDescription decides
+            entry = (outputs_expect, bool(referenced) or (outputs_expect is None), _inner_returns_rows(lin))
             if lin.command == "DECLARE" and lin.cursor is not None:
                 cacheable = False
-                state.cursors[lin.cursor] = (outputs_expect, bool(referenced))
-            elif lin.command == "CLOSE" and lin.cursor is not None:
-                cacheable = False
-                if lin.cursor == "*":
-                    state.cursors.clear()
-                else:
-                    state.cursors.pop(lin.cursor, None)
+                effects.append(("cursors", lin.cursor, entry))
             elif lin.command == "PREPARE" and lin.prepared is not None:
                 cacheable = False
-                state.prepared[lin.prepared] = (outputs_expect, bool(referenced))
-            elif lin.command == "DISCARD" and (lin.cursor == "*" or lin.prepared == "*"):
+                effects.append(("prepared", lin.prepared, entry))
+            elif lin.command in ("CLOSE", "DEALLOCATE", "DISCARD"):
                 cacheable = False
-                state.cursors.clear()
-                state.prepared.clear()
-            elif lin.command == "DEALLOCATE" and lin.prepared is not None:
-                cacheable = False
-                if lin.prepared == "*":
-                    state.prepared.clear()
-                else:
-                    state.prepared.pop(lin.prepared, None)
+                if lin.cursor is not None:
+                    effects.append(("cursors", lin.cursor, None))
+                if lin.prepared is not None:
+                    effects.append(("prepared", lin.prepared, None))
             if lin.copy is not None and lin.copy.direction == "to":
                 copy_plan = self._copy_plan(rules, catalog, lin.copy, paths)
                 hits = [h for e in (copy_plan or ()) for h in e.hits]
@@ -367,17 +408,29 @@ class MaskingStage:
                         return _deny(f"{where}COPY of masked column {hit.column} is refused (rule masking.{hit.rule.name})",
                                      f"masking.{hit.rule.name}"), True
                 if hits or copy_plan is None or tools.detect_strategy is not None or tools.detect_all:
-                    encoding = session.server_params.get("client_encoding", "UTF8").upper().replace("-", "")
-                    if encoding in _UNSAFE_COPY_ENCODINGS:
-                        return _deny(f"{where}COPY cannot be masked safely in client_encoding {encoding} "
-                                     "(a multibyte character may contain a delimiter byte; rule masking.copy_encoding)", "masking.copy_encoding"), True
+                    encoding = lin.copy.options.get("encoding")
+                    if encoding is not None and str(encoding).upper().replace("-", "").replace("_", "") not in (
+                        "UTF8", "UNICODE"
+                    ):
+                        return _deny(f"{where}COPY with ENCODING {encoding} cannot be masked safely "
+                                     "(rule masking.copy_encoding)", "masking.copy_encoding"), True
                     copy = (lin.copy, copy_plan)
                     needs_mask = True
-            if lin.returns_rows and lin.command not in ("DECLARE", "PREPARE"):
+            if returns_rows is None:
+                expected = None  # a result may or may not come: the plans cannot be lined up
+            elif returns_rows and lin.command not in ("DECLARE", "PREPARE") and expected is not None:
                 expected.append(outputs_expect)
-        if not needs_mask and not echo:
-            return None, cacheable
-        return (expected, echo, copy), cacheable
+        if statement.kind == Kind.PARSE and statement.statement_name and len(analysis.statements) == 1:
+            # A protocol-level prepared statement is also what SQL ``EXECUTE name`` runs.
+            lin = analysis.statements[0]
+            entry = (rules.expect_outputs(catalog, lin.outputs, paths, opaque_calls=bool(unsafe)), echo,
+                     lin.returns_rows)
+            effects.append(("prepared", statement.statement_name, entry))
+            cacheable = False
+        if not needs_mask and not echo and expected is not None:
+            # Nothing to mask: no plan, the rows pass untouched (effects on names still apply).
+            return ([], False, None, effects, False) if effects else _NOTHING, cacheable
+        return (expected, echo, copy, effects, True), cacheable
 
     def _copy_plan(self, rules: SessionRules, catalog, info, paths) -> list[Expect] | None:
         if info.query is not None:
@@ -385,7 +438,7 @@ class MaskingStage:
         if info.relation is None:
             return None
         rels = catalog.resolve(info.relation, paths, rules.user)
-        if not rels:
+        if len(rels) != 1:
             return None
         rel = rels[0]
         columns = [c for c in rel.columns if not c[3]] if info.columns is None else [rel.named(n) for n in info.columns]
@@ -443,17 +496,70 @@ class MaskingStage:
     # ------------------------------------------------------------ after the reply
 
     def completed(self, statement: Statement) -> None:
-        """DDL that succeeded (in any session) may have changed what a name or OID means: reload."""
+        """After the reply: names defined or forgotten for good, and the catalog after DDL."""
+        session = statement.session
+        state = session.extra.get(_STATE_KEY)
+        if state is not None and state.effects:
+            staged = state.effects.pop(id(statement), None)
+            if staged is not None and staged[0] is statement and statement.status == "ok":
+                for table_name, name, entry in staged[1]:
+                    table = state.prepared if table_name == "prepared" else state.cursors
+                    if entry is not None:
+                        table[name] = entry  # it succeeded: the name means exactly this now
+                    elif name == "*":
+                        table.clear()
+                    else:
+                        table.pop(name, None)
         if statement.status != "ok":
             return
-        decision = statement.decision
-        if decision is not None:
-            for facts in decision.facts:
-                if facts.classification == "ddl":
-                    self.catalogs.stale(statement.session.target)
-                    return
-        elif statement.text and statement.text.lstrip().upper().startswith(_DDL_PREFIXES):
-            self.catalogs.stale(statement.session.target)
+        extra = session.extra
+        if _is_ddl(statement):
+            # DDL that succeeded (in any session) may change what a name or OID means; inside
+            # a transaction block, other sessions see it only at COMMIT: reload again then.
+            self.catalogs.stale(session.target)
+            if session.txn_status != "I":
+                extra[_DDL_PENDING] = True
+        elif extra.get(_DDL_PENDING) and session.txn_status == "I":
+            extra.pop(_DDL_PENDING, None)
+            self.catalogs.stale(session.target)
+
+    def session_ended(self, info: SessionInfo, reason: str) -> None:
+        if info.extra.pop(_DDL_PENDING, None):
+            self.catalogs.stale(info.target)
+
+
+def _is_ddl(statement: Statement) -> bool:
+    decision = statement.decision
+    if decision is not None:
+        return any(facts.classification == "ddl" for facts in decision.facts)
+    return bool(statement.text) and statement.text.lstrip().upper().startswith(_DDL_PREFIXES)
+
+
+_NOTHING = ([], False, None, [], False)  # (expected, echo, copy, effects, needs a mask)
+
+
+def _needs(expected, echo: bool, tools) -> bool:
+    """Whether expectations ask for a plan at all (merged ones, for an Execute)."""
+    if echo or expected is None or tools.detect_all:
+        return True
+    for expects in expected:
+        if expects is None:
+            return True
+        for e in expects:
+            if e.kind in ("masked", "derived") or (e.kind == "unknown" and tools.detect_strategy is not None):
+                return True
+    return False
+
+
+def _inner_returns_rows(lin) -> bool | None:
+    """Whether what a PREPARE or DECLARE names returns rows when executed (None: unknown)."""
+    if lin.outputs is None:
+        return None
+    return len(lin.outputs) > 0
+
+
+def _unsafe_encoding(encoding: str) -> bool:
+    return encoding.upper().replace("-", "").replace("_", "") in _UNSAFE_COPY_ENCODINGS
 
 
 def _unsafe_functions(statement: Statement) -> list[str]:

@@ -1,0 +1,202 @@
+"""Attacks on masking found by red-teaming it, each a regression test.
+
+Every test is an attempt by a masked role to read the secrets of
+tests/masking_env.py; each must end with nothing leaked (values masked, or the
+statement refused) and the gateway serving everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from masking_env import leaks, masking_gateway
+
+
+@pytest.fixture(scope="module")
+def env(pg, tmp_path_factory):
+    with masking_gateway(pg, tmp_path_factory.mktemp("masking-attacks")) as env:
+        yield env
+
+
+def received(conn: psycopg.Connection, sql: str) -> list:
+    """Everything the client got for ``sql``: rows of every result, or the error's texts."""
+    try:
+        cur = conn.execute(sql)
+        out = []
+        while True:
+            if cur.description is not None:
+                out.append(cur.fetchall())
+            if not cur.nextset():
+                return out
+    except psycopg.Error as exc:
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            conn.execute("ROLLBACK")
+        return [str(exc), exc.diag.message_detail, exc.diag.context]
+
+
+def test_a_failed_prepare_or_declare_does_not_redefine_the_name(env):
+    with env.connect("developer") as conn:
+        conn.execute("PREPARE q AS SELECT id, email, ssn FROM customers")
+        with pytest.raises(errors.DuplicatePreparedStatement):
+            conn.execute("PREPARE q AS SELECT 1, 2, 3")
+        got = received(conn, "EXECUTE q")
+        assert got and not leaks(got)
+        conn.execute("DEALLOCATE q")
+        conn.execute("PREPARE q AS SELECT 1, 'two', 3")  # now it succeeds: exactly the new meaning
+        assert received(conn, "EXECUTE q") == [[(1, "two", 3)]]
+    with env.connect("developer") as conn:
+        conn.execute("DECLARE h CURSOR WITH HOLD FOR SELECT id, email, ssn FROM customers")
+        with pytest.raises(errors.DuplicateCursor):
+            conn.execute("DECLARE h CURSOR WITH HOLD FOR SELECT 1, 2, 3")
+        got = received(conn, "FETCH ALL FROM h")
+        assert len(got[0]) == 3 and not leaks(got)
+
+
+def test_protocol_execute_of_a_statement_sql_prepared(env):
+    with env.connect("agent") as conn:
+        conn.execute("PREPARE sq AS SELECT id, email, ssn FROM customers ORDER BY id")
+        for fmt in (0, 1):
+            result = conn.pgconn.exec_prepared(b"sq", [], result_format=fmt)
+            values = [result.get_value(r, c) for r in range(result.ntuples) for c in range(result.nfields)]
+            assert result.ntuples == 3 and not leaks(values)
+
+
+def test_results_of_a_multi_statement_string_keep_their_own_plans(env):
+    with env.connect("developer") as conn:
+        conn.execute("PREPARE p AS UPDATE orders SET total = total WHERE id = -1")
+        got = received(conn, "EXECUTE p; SELECT 'x'::text a, 'y'::text b; SELECT lower(email), ssn || '' FROM customers")
+        assert not leaks(got)
+
+
+def test_copy_with_an_encoding_option_is_refused(env):
+    with env.connect("agent") as conn:
+        with pytest.raises(errors.InsufficientPrivilege) as info:
+            with conn.cursor().copy("COPY (SELECT email FROM customers) TO STDOUT WITH (FORMAT csv, ENCODING 'SJIS')"):
+                pass
+        assert "masking.copy_encoding" in info.value.diag.message_primary
+
+
+def test_client_encoding_change_between_two_copies(env):
+    with env.connect("agent") as conn:
+        with conn.cursor().copy("COPY (SELECT email FROM customers) TO STDOUT") as copy:
+            assert not leaks([bytes(b) for b in copy])
+        conn.execute("SET client_encoding = 'SJIS'")
+        with pytest.raises(errors.InsufficientPrivilege) as info:
+            with conn.cursor().copy("COPY (SELECT email FROM customers) TO STDOUT"):
+                pass
+        assert "masking.copy_encoding" in info.value.diag.message_primary
+        conn.execute("SET client_encoding = 'UTF8'")
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # the session survived
+
+
+def test_search_path_and_shadowing_tables(env, pg):
+    with env.connect("dba") as dba:
+        dba.execute("CREATE SCHEMA app AUTHORIZATION app; CREATE TABLE app.customers (id int, email text, full_name text);"
+                    "INSERT INTO app.customers VALUES (1, 'decoy@app.example', 'x')")
+    try:
+        with env.connect("developer") as conn:
+            first = received(conn, "SELECT id, email FROM customers")
+            conn.execute("SET search_path = public")
+            second = received(conn, "SELECT id, email FROM customers")  # the same text, another table
+            view = received(conn, "SELECT * FROM customer_contacts")
+            assert not leaks(first + second + view)
+        with env.connect("dba") as dba:  # a rename inside a transaction: the catalog is reloaded at COMMIT too
+            dba.execute("BEGIN; ALTER TABLE app.customers RENAME TO parked; SELECT 1")
+            dba.execute("COMMIT")
+        with env.connect("agent") as conn:
+            assert not leaks(received(conn, "SELECT id, email, ssn, card_number FROM customers"))
+    finally:
+        with env.connect("dba") as dba:
+            dba.execute("DROP SCHEMA app CASCADE")
+
+
+def test_masked_values_never_reach_functions_anywhere_in_the_statement(env):
+    with env.connect("developer") as conn:
+        for sql in (
+            "SELECT c.id FROM customers c, LATERAL set_config('my.x', c.ssn, false) s WHERE c.id = 1",
+            "SELECT count(*) FROM (SELECT set_config('my.y', string_agg(email, ','), false) FROM customers) t",
+            "SELECT id FROM customers WHERE pg_notify('ch', email) IS NULL",
+        ):
+            with pytest.raises(errors.InsufficientPrivilege) as info:
+                conn.execute(sql)
+            assert "masking.functions" in info.value.diag.message_primary
+        assert not leaks(received(conn, "SELECT current_setting('my.x', true), current_setting('my.y', true)"))
+
+
+def test_errors_of_statements_that_read_masked_columns_are_withheld(env):
+    with env.connect("agent") as conn:
+        for sql, state in (
+            ("SELECT get_byte('\\x00'::bytea, 1000000000 + replace(ssn, '-', '')::int) FROM customers WHERE id = 2",
+             errors.ArraySubscriptError),
+            ("SELECT make_time(split_part(ssn, '-', 1)::int, split_part(ssn, '-', 2)::int, "
+             "split_part(ssn, '-', 3)::float8) FROM customers WHERE id = 3", errors.DatetimeFieldOverflow),
+            ("SELECT translate(ssn, '-', '')::regclass FROM customers", errors.UndefinedTable),
+        ):
+            try:
+                conn.execute(sql).fetchall()
+            except psycopg.Error as exc:
+                assert isinstance(exc, state), type(exc)
+                assert "withheld" in exc.diag.message_primary
+                assert not leaks([str(exc), exc.diag.message_detail, exc.diag.context])
+            else:
+                pytest.fail(f"no error for {sql}")
+
+
+def test_nested_recursive_queries_do_not_stall_the_gateway(env):
+    inner = "SELECT 1"
+    for i in range(7):
+        inner = (f"WITH RECURSIVE r{i}(c0,c1,c2,c3,c4,c5,c6,c7,c8) AS (SELECT ssn,NULL,NULL,NULL,NULL,NULL,NULL,NULL,NULL "
+                 f"FROM customers UNION ALL SELECT c1,c2,c3,c4,c5,c6,c7,c8,c0 FROM r{i} WHERE EXISTS ({inner})) "
+                 f"SELECT c0 FROM r{i} LIMIT 0")
+    with env.connect("agent") as conn:
+        with pytest.raises(errors.StatementTooComplex) as info:
+            conn.execute(inner)
+        assert "masking.unparsed" in str(info.value.diag.message_detail)
+
+
+def test_asyncpg_cursor_and_prepared_reuse(env):
+    asyncpg = pytest.importorskip("asyncpg")
+
+    async def run():
+        conn = await asyncpg.connect(**env.asyncpg_args("agent"))
+        try:
+            async with conn.transaction():
+                rows = [r async for r in conn.cursor("SELECT email, ssn FROM customers", prefetch=1)]
+            stmt = await conn.prepare("SELECT ssn FROM customers WHERE id = $1")
+            more = [await stmt.fetchval(i) for i in (1, 2, 3)]
+            return [tuple(r) for r in rows], more
+        finally:
+            await conn.close()
+
+    rows, more = asyncio.run(run())
+    assert rows == [("****", "****")] * 3 and more == ["****"] * 3
+
+
+def test_a_sql_cursor_reusing_a_protocol_portal_name(env):
+    """CLOSE/DECLARE in SQL can give a protocol portal name a new query the relay never saw."""
+    import struct
+
+    from pgwarden.wire import encode
+    from rawclient import RawClient
+
+    def message(t: bytes, body: bytes) -> bytes:
+        return t + struct.pack("!I", len(body) + 4) + body
+
+    bind = message(b"B", b"c\x00sc\x00" + struct.pack("!hhh", 0, 0, 0))
+    execute = message(b"E", b"c\x00" + struct.pack("!I", 0))
+    with RawClient("127.0.0.1", env.gw.port) as raw:
+        raw.startup({"user": "mask-agent", "database": "mask"})
+        assert raw.read_message()[0] == b"R"  # cleartext password request: the token
+        raw.send(encode.password_message(env.token("agent")))
+        raw.read_until(b"Z")
+        raw.query("BEGIN")
+        raw.send(encode.parse("sc", "SELECT 1::int, 'x'::text, 'y'::text") + bind + encode.sync())
+        raw.read_until(b"Z")
+        raw.query("CLOSE c; DECLARE c CURSOR FOR SELECT id, email, ssn FROM customers")
+        raw.send(execute + encode.sync())
+        replies = raw.read_until(b"Z")
+    assert not leaks([body for _, body in replies])
