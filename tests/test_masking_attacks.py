@@ -200,3 +200,51 @@ def test_a_sql_cursor_reusing_a_protocol_portal_name(env):
         raw.send(execute + encode.sync())
         replies = raw.read_until(b"Z")
     assert not leaks([body for _, body in replies])
+
+
+def test_a_large_masked_row_arrives_whole_and_masked(env):
+    """A DataRow of several MB spans many reads: collected once (not re-joined per read), then masked."""
+    with env.connect("agent") as conn:
+        got = conn.execute("SELECT email, repeat('x', 5000000) AS big, ssn FROM customers WHERE id = 1").fetchone()
+        assert got[0] == "****" and got[2] == "****" and len(got[1]) == 5_000_000
+        with conn.cursor().copy("COPY (SELECT email, repeat('y', 3000000) FROM customers) TO STDOUT") as copy:
+            data = b"".join(bytes(b) for b in copy)
+        assert data.count(b"****") == 3 and len(data) > 9_000_000 and not leaks([data])
+
+
+def test_copy_after_a_client_encoding_change_in_the_same_string(env):
+    with env.connect("agent") as conn:
+        with pytest.raises(errors.InsufficientPrivilege) as info:
+            conn.execute("SET client_encoding TO 'SJIS'; COPY (SELECT email FROM customers) TO STDOUT")
+        assert "masking.copy_encoding" in info.value.diag.message_primary
+        assert conn.execute("SHOW client_encoding").fetchone() == ("UTF8",)  # nothing of it ran
+
+
+def test_renaming_the_schema_of_masked_tables_is_refused(env):
+    with env.connect("developer") as conn:
+        with pytest.raises(errors.InsufficientPrivilege) as info:
+            conn.execute("ALTER SCHEMA public RENAME TO pub2")
+        assert "masking.ddl" in info.value.diag.message_primary
+
+
+def test_counting_out_values_is_a_filter(env):
+    with env.connect("agent") as conn:
+        with pytest.raises(errors.InsufficientPrivilege) as info:
+            conn.execute("SELECT c.id, (SELECT count(*) FROM generate_series(1, ascii(substr(c.ssn, 1, 1)))) "
+                         "FROM customers c")
+        assert "masking.ssn" in info.value.diag.message_primary
+
+
+def test_upsert_with_excluded_is_allowed_for_a_writer(env):
+    with env.connect("developer") as conn:
+        conn.execute("INSERT INTO customers (id, full_name, email, ssn, card_number) VALUES "
+                     "(9, 'Eve', 'eve@x.org', '567-89-1234', '4000000000000010') "
+                     "ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email")
+        conn.execute("DELETE FROM customers WHERE id = 9")
+
+
+def test_a_large_statement_is_analysed_off_the_event_loop_and_masked(env):
+    columns = ", ".join(f"email || '{i}' AS c{i}" for i in range(1500))  # about 35 KB
+    with env.connect("agent") as conn:
+        row = conn.execute(f"SELECT {columns} FROM customers WHERE id = 1").fetchone()
+    assert len(row) == 1500 and set(row) == {"****"}

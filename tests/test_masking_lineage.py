@@ -418,8 +418,22 @@ def test_insert_select_is_written_not_returned():
 def test_insert_on_conflict():
     s = one("INSERT INTO customers (id, ssn) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET ssn = excluded.ssn "
             "WHERE customers.email = 'a' RETURNING id")
-    assert s.written_from == {r(C, "ssn")} and s.filters == {r(C, "email")}
+    # excluded.ssn is the row the INSERT proposed (the client's values), not stored data.
+    assert s.written_from == frozenset() and s.filters == {r(C, "email")}
     assert s.outputs == (Output("id", frozenset({r(C, "id")}), True, False),)
+    s = one("INSERT INTO customers (id, ssn) SELECT id, ssn FROM staff ON CONFLICT (id) DO UPDATE SET ssn = excluded.ssn")
+    assert s.written_from == {r(Name(None, "staff"), "id"), r(Name(None, "staff"), "ssn")}
+
+
+def test_set_returning_function_arguments_choose_rows():
+    """generate_series(1, ascii(ssn)) counts out a value: its arguments are filters."""
+    s = one("SELECT c.id, (SELECT count(*) FROM generate_series(1, ascii(substr(c.ssn, 1, 1)))) FROM customers c")
+    assert r(C, "ssn") in s.filters
+    s = one("SELECT id, generate_series(1, ascii(ssn)) FROM customers")
+    assert r(C, "ssn") in s.filters
+    s = one("WITH RECURSIVE t(s, n) AS (SELECT ssn, 0 FROM customers UNION ALL SELECT s, n + 1 FROM t WHERE n < 1) "
+            "CYCLE s SET cyc USING p SELECT cyc FROM t")
+    assert r(C, "ssn") in s.filters and s.outputs[0].sources
 
 
 def test_delete_returning_star_and_using():

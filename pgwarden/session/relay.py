@@ -155,6 +155,8 @@ class Relay(ClientFastPath, ReplyTracker):
         self._masking = False
         self._rewriter = None
         self._copy_rewriter = None
+        self._mask_partial: bytearray | None = None  # a large masked row still arriving (replies.py)
+        self._mask_need = 0
         self.notice_hook: Callable[[bytes], None] | None = None  # notices with no statement running
         self.to_server: list[bytes | memoryview] = []
         self.to_client: list[bytes | memoryview] = []

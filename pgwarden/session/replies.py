@@ -34,6 +34,8 @@ _PARSE, _BIND, _DESCRIBE, _EXECUTE, _CLOSE, _SYNC, _QUERY, _POISON_PARSE, _POISO
 # The relay's own Describe of a masked Execute's portal: ``(kind, None, None, None, stmt)``;
 # its answer (RowDescription or NoData) is consumed, never forwarded.
 _MASK_DESCRIBE = 9
+# A masked DataRow/CopyData larger than this that is still arriving is collected apart.
+_PARTIAL_THRESHOLD = 64 * 1024
 _ENDS_WITH_READY = (_SYNC, _QUERY, _POISON_QUERY)
 
 # A pending entry is a plain tuple ``(kind, stmt, deny, undo)`` (a Describe of a
@@ -77,6 +79,10 @@ class ReplyTracker:
         """
         if data.__class__ is not bytes:
             data = bytes(data)
+        if self._mask_partial is not None:
+            data = self._continue_partial(data)  # a large masked row still arriving
+            if data is None:
+                return
         out = self.to_client
         pos = 0
         skip = self._server_skip
@@ -121,7 +127,14 @@ class ReplyTracker:
                 pos = self._rewrite_rows(t, buf, pos, end)
                 span = pos
                 if end - pos >= 5 and buf[pos] == t:
-                    break  # an incomplete message: wait for the rest
+                    # An incomplete message: wait for the rest. A large one is collected in a
+                    # bytearray (appending), not re-joined to every chunk (quadratic).
+                    need = unpack(buf, pos + 1)[0] + 1
+                    if need > _PARTIAL_THRESHOLD:
+                        self._mask_partial = bytearray(buf[pos:end])
+                        self._mask_need = need
+                        pos = span = end
+                    break
                 continue
             if size > end - pos:
                 if t == 68 or t == 100:
@@ -379,6 +392,18 @@ class ReplyTracker:
         if self._capturing:
             self._described = description  # the recorder decodes rows with it (true formats)
         self._rewriter = stmt.mask.result(description)
+
+    def _continue_partial(self, data: bytes) -> bytes | None:
+        """Bytes of a large masked DataRow/CopyData being collected: None until it is whole,
+        then the whole message followed by the rest of ``data``."""
+        part = self._mask_partial
+        need = self._mask_need - len(part)
+        if len(data) < need:
+            part += data
+            return None
+        part += data
+        self._mask_partial = None
+        return bytes(part)
 
     def _rewrite_rows(self, t: int, buf: bytes, pos: int, end: int) -> int:
         """Rewrite the complete DataRow (or CopyData) messages from ``pos``; return where it stopped."""

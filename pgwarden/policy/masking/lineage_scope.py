@@ -159,6 +159,16 @@ def _int(node: Any) -> int | None:
     return None
 
 
+#: Set-returning functions (by name): their arguments decide the number of rows.
+SET_RETURNING = frozenset({
+    "generate_series", "generate_subscripts", "unnest", "regexp_matches", "regexp_split_to_table",
+    "string_to_table", "json_array_elements", "json_array_elements_text", "jsonb_array_elements",
+    "jsonb_array_elements_text", "json_each", "json_each_text", "jsonb_each", "jsonb_each_text",
+    "json_object_keys", "jsonb_object_keys", "json_populate_recordset", "jsonb_populate_recordset",
+    "json_to_recordset", "jsonb_to_recordset", "jsonb_path_query", "ts_stat", "ts_token_type",
+    "ts_parse", "ts_debug", "pg_options_to_table", "aclexplode", "json_table", "xpath_table",
+})
+
 #: Expressions and query levels one statement may take to analyse (a 200 KB statement takes far fewer).
 MAX_STEPS = 100_000
 
@@ -382,6 +392,15 @@ class ScopeWalker:
             self.opaque_functions = True
         args = body.get("args") or ()
         flags = 0
+        if parts and parts[-1].lower() in SET_RETURNING:
+            # In the select list too, a set-returning function's arguments decide how many
+            # rows come out: they choose rows (and are the values it returns).
+            found: set = set()
+            for a in args:
+                flags |= self.expr(a, level, found)
+            self.filters |= found
+            out |= found
+            args = ()
         for a in args:
             flags |= self.expr(a, level, out)
         self.filter(body.get("agg_order"), level)  # ORDER BY / FILTER (WHERE) inside an aggregate choose rows

@@ -205,9 +205,11 @@ class LineageWalker(ScopeWalker):
             clause = cte.body.get(key) or {}
             listed = set(_strings(clause.get("search_col_list") or clause.get("cycle_col_list")))
             used = frozenset().union(*(c.sources for c in cols if c.name in listed))
+            if listed:
+                self.filters |= used  # CYCLE compares the listed columns' values; SEARCH orders by them
             for s in seqs:
                 if clause.get(s):
-                    cols = cols + [Col(clause[s], frozenset() if s == "cycle_mark_column" else used)]
+                    cols = cols + [Col(clause[s], used, False, True)]
         cte.cols, cte.unknown, cte.state = cols, unknown, 2
         return cols
 
@@ -288,6 +290,9 @@ class LineageWalker(ScopeWalker):
         else:
             self.opaque_functions = True
             self.walk(funcs, level, out)
+        # A set-returning function's arguments decide how many rows it returns (generate_series(1,
+        # ascii(ssn)) counts out a value): they choose rows, like a WHERE clause.
+        self.filters |= out
         if cols is None:
             return Item(FUNC, sources=frozenset(out), label=aname or fname or "?column?"), aname or fname
         if body.get("ordinality"):
@@ -364,7 +369,9 @@ class LineageWalker(ScopeWalker):
             if occ:
                 lvl = Level(outer, ctes)
                 self.target(body.get("relation") or {}, lvl)
-                lvl.aliases.append(("excluded", target))
+                # EXCLUDED is the row the INSERT proposed (its values are the client's, or the
+                # SELECT's, already counted as written above), not the stored row.
+                lvl.aliases.append(("excluded", Item(DERIVED, cols=[])))
                 self.assign(occ.get("targetList"), lvl)
                 self.filter(occ.get("whereClause"), lvl)
         else:

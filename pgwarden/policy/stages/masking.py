@@ -22,6 +22,7 @@ that returns the rows.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -45,6 +46,8 @@ __all__ = ["MaskingStage", "load_masking_key"]
 log = logging.getLogger("pgwarden.masking")
 
 _STATE_KEY = "masking"
+# Statements at least this long are analysed in a worker thread (guardrails.BACKGROUND_ANALYSIS_LENGTH).
+BACKGROUND_ANALYSIS_LENGTH = 32 * 1024
 _DDL_PENDING = "masking_ddl_pending"  # DDL ran inside a transaction block that has not ended yet
 _DDL_PREFIXES = ("CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE", "REFRESH", "IMPORT", "SECURITY")
 # Statements that create code pgwarden cannot look into (a function may read masked columns).
@@ -54,6 +57,9 @@ _OPAQUE_CODE = frozenset({
 })
 # First words of DDL commands: refused on relations with masked columns.
 _DDL_WORDS = frozenset({"CREATE", "ALTER", "DROP", "RENAME", "COMMENT", "SECURITY", "GRANT", "REVOKE"})
+# DDL that renames, moves or drops what holds relations (schemas, databases) or re-owns objects.
+_CONTAINER_DDL = frozenset({"RENAME", "DROP SCHEMA", "ALTER OWNER", "ALTER SCHEMA", "ALTER OBJECT SCHEMA",
+                            "ALTER DATABASE", "DROP DATABASE", "DROP OWNED", "REASSIGN OWNED"})
 # DDL that stores a query's rows: decided by where masked values flow (written_from), not refused outright.
 _COPIES_DATA = frozenset({"CREATE TABLE AS", "SELECT INTO", "CREATE MATERIALIZED VIEW"})
 # Client encodings in which a multibyte character may contain an ASCII delimiter or backslash.
@@ -96,7 +102,7 @@ class _State:
     DEALLOCATE, CLOSE and DISCARD forget only once they succeeded.
     """
 
-    __slots__ = ("rules", "ctx", "cursors", "prepared", "cache", "effects")
+    __slots__ = ("rules", "ctx", "cursors", "prepared", "cache", "effects", "encoding_changes")
 
     def __init__(self, rules: SessionRules, ctx) -> None:
         self.rules = rules
@@ -107,6 +113,9 @@ class _State:
         self.cache: dict[str, tuple[Any, Any, Any]] = {}  # text -> (analysis, catalog, outcome)
         # id(statement) -> (statement, [(table name, name, entry or None to forget)]): applied on success
         self.effects: dict[int, tuple[Statement, list]] = {}
+        # Statements sent that change client_encoding and have not completed: until they have,
+        # the encoding COPY data will be in is not known (id -> statement).
+        self.encoding_changes: dict[int, Statement] = {}
 
 
 class MaskingStage:
@@ -135,6 +144,7 @@ class MaskingStage:
                 raise ConfigError(f"masking.detect.plugins: {exc}") from None
         self._plugins = tuple(plugins)
         self._tools: dict[str | None, MaskTools] = {}
+        self._large: dict[str, Any] = {}  # lineage of statements analysed in a worker thread
 
     # ------------------------------------------------------------ sessions
 
@@ -212,7 +222,12 @@ class MaskingStage:
         if text is None:
             # An Execute of a portal whose statement only SQL PREPARE or DECLARE made.
             return self._attach(statement, state, catalog, _NOTHING)
-        analysis = lineage(text)
+        if len(text) >= BACKGROUND_ANALYSIS_LENGTH:
+            analysis = self._large.get(text)
+            if analysis is None:
+                return self._hold_for_lineage(statement, text)
+        else:
+            analysis = lineage(text)
         if analysis.error is not None:
             return Deny(
                 f"pgwarden: masking cannot analyse this statement ({analysis.error}), so it is refused",
@@ -241,6 +256,10 @@ class MaskingStage:
         expected, echo, copy, effects, needs = outcome
         if effects:
             self._stage_effects(state, statement, effects)
+        if statement.text is not None and any(
+            "client_encoding" in f.settings or "all" in f.settings for f in _statement_facts(statement)
+        ):
+            state.encoding_changes[id(statement)] = statement
         kind = statement.kind
         if kind == Kind.PARSE:
             return None
@@ -258,6 +277,11 @@ class MaskingStage:
                 expected = [merge_expects(expected[0], stored[0]) if expected else stored[0]]
                 echo = echo or stored[1]
                 needs = needs or _needs(expected, stored[1], session.extra["masking_tools"])
+        if copy is not None and state.encoding_changes:
+            return _deny(
+                "COPY cannot be masked while a change of client_encoding is under way (in this query string or "
+                "not yet answered; rule masking.copy_encoding)", "masking.copy_encoding",
+            )
         if copy is not None and _unsafe_encoding(session.server_params.get("client_encoding", "UTF8")):
             return _deny(
                 "COPY cannot be masked safely in client_encoding "
@@ -332,6 +356,12 @@ class MaskingStage:
                 return _deny(
                     f"{where}values of masked column {hit.column} would be written into a table or file, "
                     f"which would unmask them (rule masking.{hit.rule.name})", f"masking.{hit.rule.name}",
+                ), True
+            if lin.command in _CONTAINER_DDL and not lin.relations:
+                # ALTER SCHEMA public RENAME TO x: every rule naming public.* would stop matching.
+                return _deny(
+                    f"{where}{lin.command} of a schema or other object is refused while masking applies to this "
+                    "session: masking rules name schemas and tables (rule masking.ddl)", "masking.ddl",
                 ), True
             if lin.command.split(" ", 1)[0] in _DDL_WORDS and lin.command not in _COPIES_DATA:
                 masked_rel = self._masked_relation(rules, catalog, lin.relations, paths)
@@ -471,6 +501,24 @@ class MaskingStage:
                 return True
         return False
 
+    def _hold_for_lineage(self, statement: Statement, text: str) -> Hold:
+        """Analyse a large statement in a worker thread; only this session waits (as the guardrails do)."""
+
+        async def wait():
+            analysis = await asyncio.to_thread(lineage, text)
+            if len(self._large) >= 64:
+                self._large.clear()
+            self._large[text] = analysis
+            verdict = self.check(statement)
+            if isinstance(verdict, Hold) and verdict.rule == "masking.catalog":
+                return await verdict.wait()  # the catalog changed meanwhile
+            if isinstance(verdict, Hold):
+                return Deny("pgwarden: masking could not decide this statement", SQLState.INTERNAL_ERROR,
+                            rule="masking.analysis")
+            return ALLOW if verdict is None else verdict
+
+        return Hold(wait, reason="analysing a large statement for masking", rule="masking.analysis")
+
     def _hold_for_catalog(self, statement: Statement) -> Hold:
         target = statement.session.target
 
@@ -486,7 +534,9 @@ class MaskingStage:
                     hint="The gateway log has the reason.",
                 )
             verdict = self.check(statement, _reloaded=True)
-            if isinstance(verdict, Hold):  # never wait twice for one statement
+            if isinstance(verdict, Hold) and verdict.rule == "masking.analysis":
+                return await verdict.wait()  # a large statement: analysed in a thread next
+            if isinstance(verdict, Hold):  # never wait twice for the catalog
                 return Deny("pgwarden: masking could not decide this statement", SQLState.INTERNAL_ERROR,
                             rule="masking.catalog")
             return ALLOW if verdict is None else verdict
@@ -499,6 +549,8 @@ class MaskingStage:
         """After the reply: names defined or forgotten for good, and the catalog after DDL."""
         session = statement.session
         state = session.extra.get(_STATE_KEY)
+        if state is not None and state.encoding_changes:
+            state.encoding_changes.pop(id(statement), None)
         if state is not None and state.effects:
             staged = state.effects.pop(id(statement), None)
             if staged is not None and staged[0] is statement and statement.status == "ok":
@@ -562,14 +614,19 @@ def _unsafe_encoding(encoding: str) -> bool:
     return encoding.upper().replace("-", "").replace("_", "") in _UNSAFE_COPY_ENCODINGS
 
 
-def _unsafe_functions(statement: Statement) -> list[str]:
-    """Functions the statement calls that are not side-effect-free built-ins (their bodies are opaque)."""
-    decision = statement.decision
-    facts = getattr(decision, "facts", None)
+def _statement_facts(statement: Statement):
+    """The guardrails' facts of the statement (analysed here when the guardrails are off)."""
+    facts = getattr(statement.decision, "facts", None)
     if not facts:
         from ..analysis import analyze
 
         facts = analyze(statement.text or "").statements
+    return facts
+
+
+def _unsafe_functions(statement: Statement) -> list[str]:
+    """Functions the statement calls that are not side-effect-free built-ins (their bodies are opaque)."""
+    facts = _statement_facts(statement)
     safe = safe_functions()
     return sorted(
         str(name) for f in facts for name in f.functions
