@@ -64,8 +64,8 @@ def _demo_password(data_dir: Path) -> str:
 
 # Masking (docs/masking.md): the sample schema's PII is redacted for agent, analyst and the
 # static demo user, shown partially to developer, and in clear to dba. Card numbers become
-# tokens (same card, same token: joins and GROUP BY still work); SSNs may not be used to
-# filter; results computed from a card number are refused.
+# tokens (same card, same token: joins still work); SSNs and card numbers may not be used
+# to filter (that would let a client test guesses); results computed from a card are refused.
 DEMO_MASKING = {
     "unmasked_roles": ["dba"],
     "rules": [
@@ -76,7 +76,7 @@ DEMO_MASKING = {
         {"name": "ssn", "columns": ["customers.ssn"], "type": "us_ssn", "strategy": "redact",
          "roles": {"developer": "partial"}, "filter": "refuse"},
         {"name": "card", "columns": ["customers.card_number"], "type": "credit_card", "strategy": "tokenize",
-         "roles": {"developer": "partial"}, "derived": "refuse"},
+         "roles": {"developer": "partial"}, "derived": "refuse", "filter": "refuse"},
         {"name": "address", "columns": ["customers.street_address", "customers.date_of_birth"],
          "strategy": "redact", "roles": {"developer": "partial"}},
         {"name": "iban", "columns": ["payments.iban"], "type": "iban", "strategy": "redact",
