@@ -175,7 +175,12 @@ def test_read_only_pack_vets_functions_and_watches_the_search_path(config):
     # With pg_catalog placed after public, an unqualified name may resolve to a user function.
     placed = decide(config, "SELECT lower('x')", "agent", search_path="public, pg_catalog")
     assert placed.rule == "read-only.functions"
-    assert decide(config, "SELECT set_config('work_mem', '1MB', false)", "agent").rule == "read-only.settings"
+    # set_config of a named, harmless setting is a SET (asyncpg turns jit off that way); a computed
+    # name or a security setting is not.
+    assert decide(config, "SELECT set_config('work_mem', '1MB', false)", "agent").action == "allow"
+    assert decide(config, "SELECT set_config('jit', 'off', false)", "agent").action == "allow"
+    assert decide(config, "SELECT set_config($1, '1MB', false)", "agent").action == "deny"
+    assert decide(config, "SELECT set_config('transaction_read_only', 'off', false)", "agent").action == "deny"
 
 
 @pytest.mark.parametrize(

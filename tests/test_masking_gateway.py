@@ -388,3 +388,26 @@ def test_standard_conforming_strings_cannot_be_turned_off(env, pg):
         pg.psql("ALTER DATABASE maskdb RESET standard_conforming_strings")
     with env.connect("agent") as conn:
         assert conn.execute("SELECT email FROM customers WHERE id = 1").fetchone() == ("****",)
+
+
+@pytest.mark.parametrize("meta", ["\\d customers", "\\d+ customers", "\\dt", "\\dv", "\\dp customers", "\\df"])
+def test_psql_meta_commands_work_for_a_read_only_masked_role(env, pg, meta):
+    """psql's catalog queries (OPERATOR(pg_catalog.~) included) are reads the agent may run."""
+    out = subprocess.run([str(pg._psql_program()), "-X", "-c", meta, env.dsn("agent")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "ERROR" not in out.stderr, out.stderr
+
+
+def test_asyncpg_type_introspection_works_for_a_read_only_masked_role(env):
+    asyncpg = pytest.importorskip("asyncpg")
+
+    async def run():
+        conn = await asyncpg.connect(**env.asyncpg_args("agent"))
+        try:
+            return await conn.fetchrow("SELECT ARRAY[id] AS a, int4range(1, id + 1) AS r, interval '1 day' AS i, "
+                                       "ARRAY[email] AS e FROM customers WHERE id = 1")
+        finally:
+            await conn.close()
+
+    row = asyncio.run(run())
+    assert row["a"] == [1] and row["r"].upper == 2 and row["e"] is None  # an array of a masked value: NULL

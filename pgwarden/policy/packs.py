@@ -159,8 +159,10 @@ def _sequences(f: StatementFacts, ctx: SessionContext) -> str | None:
 
 
 def _settings(f: StatementFacts, ctx: SessionContext) -> str | None:
-    if any(x.name.lower() == "set_config" for x in f.functions):
-        return "set_config() is not allowed"
+    # set_config() of a named, harmless setting is a SET (asyncpg turns jit off that way to
+    # introspect types); a computed name is refused (also by guardrails.parser_settings).
+    if "?" in f.settings:
+        return "set_config() with a computed setting name is not allowed"
     bad = sorted(f.settings & _SECURITY_SETTINGS - {"all"})
     return f"changing {', '.join(bad)} is not allowed" if bad else None
 
@@ -185,6 +187,13 @@ def _opaque_code(f: StatementFacts, ctx: SessionContext) -> str | None:
     return f"{f.command} runs code pgwarden cannot inspect" if "opaque_code" in f.flags else None
 
 
+_OPERATOR_CHARS = frozenset("+-*/<>=~!@#%^&|`?")
+
+
+def _is_operator(name: str) -> bool:
+    return bool(name) and all(c in _OPERATOR_CHARS for c in name)
+
+
 def _functions(f: StatementFacts, ctx: SessionContext) -> str | None:
     safe = safe_functions()
     unknown = []
@@ -195,7 +204,12 @@ def _functions(f: StatementFacts, ctx: SessionContext) -> str | None:
         if fn.schema is None:
             if name in safe and ctx.builtins_first:
                 continue
-        elif fn.schema == "pg_catalog" and name in safe:
+        elif fn.schema == "pg_catalog" and (name in safe or _is_operator(name)):
+            # OPERATOR(pg_catalog.~), as psql's \d writes it: built-in operators are
+            # backed by built-in functions without side effects.
+            continue
+        if name == "set_config" and fn.schema in (None, "pg_catalog") and "?" not in f.settings:
+            # A named setting: what it changes is the settings rule's to judge.
             continue
         unknown.append(str(fn))
     if unknown:
