@@ -63,8 +63,8 @@ def test_demo_runs_serves_psql_and_reuses_its_data():
             assert uri.startswith(f"postgresql://demo:") and f"@127.0.0.1:{port}/shop?sslmode=require" in uri
             assert any("Config:" in line and "pgwarden.yaml" in line for line in lines)
             result = subprocess.run(
-                ["psql", uri, "-X", "-At", "-c", "select count(*) > 100 from customers; "
-                 "select email, ssn from customers limit 1"],
+                ["psql", uri, "-X", "-At", "-c", "select count(*) > 100 from customers",
+                 "-c", "select email, ssn from customers limit 1"],
                 capture_output=True, text=True, timeout=30,
             )
             assert result.returncode == 0, result.stderr

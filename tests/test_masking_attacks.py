@@ -248,3 +248,54 @@ def test_a_large_statement_is_analysed_off_the_event_loop_and_masked(env):
     with env.connect("agent") as conn:
         row = conn.execute(f"SELECT {columns} FROM customers WHERE id = 1").fetchone()
     assert len(row) == 1500 and set(row) == {"****"}
+
+
+def _raw_agent(env, role: str = "agent"):
+    from pgwarden.wire import encode
+    from rawclient import RawClient
+
+    raw = RawClient("127.0.0.1", env.gw.port)
+    raw.startup({"user": f"mask-{role}", "database": "mask"})
+    assert raw.read_message()[0] == b"R"
+    raw.send(encode.password_message(env.token(role)))
+    raw.read_until(b"Z")
+    return raw
+
+
+def test_a_cursor_name_reused_by_a_protocol_portal_after_its_transaction(env):
+    import struct
+
+    from pgwarden.wire import encode
+
+    bind = b"B" + struct.pack("!I", 4 + 2 + 3 + 6) + b"c\x00s1\x00" + struct.pack("!hhh", 0, 0, 0)
+    with _raw_agent(env, "analyst") as raw:
+        raw.query("BEGIN; DECLARE c CURSOR FOR SELECT 1 AS x; COMMIT")
+        raw.query("BEGIN")
+        raw.send(encode.parse("s1", "SELECT card_number FROM customers") + bind + encode.sync())
+        raw.read_until(b"Z")
+        replies = raw.query("FETCH ALL FROM c")
+    assert not leaks([body for _, body in replies])
+
+
+def test_results_of_a_string_are_not_lined_up_by_counting(env):
+    with env.connect("analyst") as conn:
+        conn.execute("PREPARE z0 AS SELECT FROM orders LIMIT 1")
+        got = received(conn, "EXECUTE z0; SELECT card_number, ssn, email FROM customers UNION ALL "
+                             "SELECT card_number, ssn, email FROM customers WHERE false; SELECT 'p'::text a, 'p'::text b")
+        got += received(conn, "EXECUTE z0; SELECT translate(ssn, '0123456789', 'abcdefghij'), lower(email) "
+                              "FROM customers; SELECT 'pad'::text, 'pad'::text")
+        assert not leaks(got) and not any("bcd-ef-ghij" in str(v) for v in got)
+    with env.connect("developer") as conn:
+        conn.execute("CREATE TEMP TABLE ri (x text)")
+        conn.execute("CREATE RULE ri_r AS ON INSERT TO ri DO INSTEAD SELECT 'pad'::text AS x")
+        got = received(conn, "INSERT INTO ri VALUES ('a'); SELECT translate(ssn, '0123456789', 'abcdefghij') "
+                             "FROM customers; SELECT 'pad'::text")
+        assert not any("bcd-ef-ghij" in str(v) or "cde-fg-hijb" in str(v) for v in got)
+
+
+def test_two_copies_in_one_string_each_keep_their_plan(env):
+    with _raw_agent(env) as raw:
+        replies = raw.query("COPY (SELECT translate(ssn, '0123456789', 'abcdefghij'), lower(email), 'x' FROM customers) "
+                            "TO STDOUT; COPY (SELECT 'y'::text, 'z'::text, ssn FROM customers LIMIT 1) TO STDOUT")
+    data = [body for t, body in replies if t == b"d"]
+    assert data and not leaks(data) and not any(b"bcd-ef-ghij" in d for d in data)

@@ -19,6 +19,7 @@ from ..policy.rules import ALLOW, DENY, Decision, Policy
 from ..policy.stages.guardrails import GuardrailsStage
 from ..policy.stages.identity_guard import IdentityGuardStage
 from ..session.statement import Kind, Protocol, SessionInfo, Statement
+from ..session.verdict import Allow, Hold
 
 __all__ = ["PolicyCheck", "check_statement", "PolicyInputError"]
 
@@ -109,6 +110,12 @@ def check_statement(
         stage.now = at
         stage.session_started(info)
         verdict = stage.check(statement)
+        if isinstance(verdict, Hold):
+            # A large statement is analysed off the event loop in the gateway; here, just wait.
+            import asyncio
+
+            verdict = asyncio.run(verdict.wait())
+            verdict = None if isinstance(verdict, Allow) else verdict
     masking = note = None
     if verdict is None and config.masking.active:
         verdict, masking, note = _masking(config, info, statement)
@@ -156,6 +163,9 @@ def _masking(config: Config, info: SessionInfo, statement: Statement):
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         return None, None, f"masking not decided: {exc}"
     verdict = stage.check(statement, _reloaded=True)  # just loaded: no second load
+    if isinstance(verdict, Hold):  # a large statement: analysed in a thread by the gateway
+        verdict = asyncio.run(verdict.wait())
+        verdict = None if isinstance(verdict, Allow) else verdict
     if verdict is not None:
         return verdict, None, None
     columns: list[dict[str, object]] = []

@@ -351,6 +351,10 @@ class Relay(ClientFastPath, ReplyTracker):
         kind = buf[start + 5]
         name, _ = decode_cstring(buf, start + 6, stop)
         table: dict = self._prepared if kind == ord("S") else self._portals
+        if kind == ord("P"):
+            hook = self.session.extra.get("on_portal_close")
+            if hook is not None:
+                hook(name)  # e.g. masking: a SQL cursor of that name is gone, the name is free
         undo = (table, name, table.pop(name, _MISSING))
         self._pass(buf, start, stop)
         self._pending.append((_CLOSE, None, None, undo))

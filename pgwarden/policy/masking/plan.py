@@ -67,7 +67,7 @@ def parse_row_description(message: bytes) -> list[tuple[str, int, int, int, int]
 
 class StatementMask:
     __slots__ = ("rules", "catalog", "paths", "tools", "expected", "echo", "copy", "_index", "_results", "scrubbed",
-                 "encoding")
+                 "encoding", "_copied")
 
     def __init__(
         self,
@@ -87,7 +87,9 @@ class StatementMask:
         self.tools = tools
         self.expected = expected  # per row-returning statement, in order
         self.echo = echo  # the statement reads masked columns: values in errors are scrubbed
-        self.copy = copy  # (lineage Copy, list[Expect] | None) for COPY ... TO STDOUT
+        # [(lineage Copy, list[Expect] | None)] for each COPY ... TO STDOUT, in order (a copy: consumed)
+        self.copy = list(copy) if copy else None
+        self._copied = 0
         self._index = 0
         self._results: list[tuple[list[tuple[str, str, Hit | None]], object]] = []
         self.scrubbed = 0
@@ -164,9 +166,14 @@ class StatementMask:
     # ------------------------------------------------------------ COPY
 
     def copy_out(self, response: bytes):
-        if self.copy is None:
+        if not self.copy:
             return None
-        info, expects = self.copy
+        # One plan per COPY of the statement, in order; past the last, every field is masked.
+        if self._copied < len(self.copy):
+            info, expects = self.copy[self._copied]
+        else:  # more COPYs than planned: mask every field
+            info, expects = self.copy[-1][0], None
+        self._copied += 1
         overall = response[5]
         count = _I16.unpack_from(response, 6)[0]
         fmt = 1 if overall else 0

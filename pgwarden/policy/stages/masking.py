@@ -207,6 +207,8 @@ class MaskingStage:
         state.cache.clear()
         info.extra[_STATE_KEY] = state
         info.extra["masking_tools"] = tools
+        # The relay reports a protocol Close of a portal: a SQL cursor of that name is gone.
+        info.extra["on_portal_close"] = lambda name: state.cursors.pop(name, None)
 
     # ------------------------------------------------------------ statements
 
@@ -444,7 +446,7 @@ class MaskingStage:
                     ):
                         return _deny(f"{where}COPY with ENCODING {encoding} cannot be masked safely "
                                      "(rule masking.copy_encoding)", "masking.copy_encoding"), True
-                    copy = (lin.copy, copy_plan)
+                    copy = (copy or []) + [(lin.copy, copy_plan)]  # one per COPY, in order
                     needs_mask = True
             if returns_rows is None:
                 expected = None  # a result may or may not come: the plans cannot be lined up
@@ -457,6 +459,13 @@ class MaskingStage:
                      lin.returns_rows)
             effects.append(("prepared", statement.statement_name, entry))
             cacheable = False
+        if echo and len(analysis.statements) > 1:
+            # Which result belongs to which statement of a string is only counted, and counts can be
+            # wrong (a zero-column PREPARE, an INSTEAD rule returning rows): a string that reads
+            # masked columns is planned from each RowDescription alone, and its COPYs mask every field.
+            expected = None
+            if copy is not None:
+                copy = [(info, None) for info, _plan in copy]
         if not needs_mask and not echo and expected is not None:
             # Nothing to mask: no plan, the rows pass untouched (effects on names still apply).
             return ([], False, None, effects, False) if effects else _NOTHING, cacheable
@@ -562,6 +571,10 @@ class MaskingStage:
                         table.clear()
                     else:
                         table.pop(name, None)
+        if state is not None and state.cursors and session.txn_status == "I":
+            # Cursors end with their transaction (WITH HOLD ones survive, and are then judged
+            # by their RowDescriptions alone), and the name may next be a protocol portal.
+            state.cursors.clear()
         if statement.status != "ok":
             return
         extra = session.extra
