@@ -102,11 +102,10 @@ class _State:
     DEALLOCATE, CLOSE and DISCARD forget only once they succeeded.
     """
 
-    __slots__ = ("rules", "ctx", "cursors", "prepared", "cache", "effects", "encoding_changes")
+    __slots__ = ("rules", "cursors", "prepared", "cache", "effects", "encoding_changes")
 
-    def __init__(self, rules: SessionRules, ctx) -> None:
+    def __init__(self, rules: SessionRules) -> None:
         self.rules = rules
-        self.ctx = ctx
         # name -> (expectations or None, echo, returns rows: True/False/None unknown)
         self.cursors: dict[str, tuple[list[Expect] | None, bool, bool | None]] = {}
         self.prepared: dict[str, tuple[list[Expect] | None, bool, bool | None]] = {}
@@ -203,8 +202,7 @@ class MaskingStage:
             info.extra.pop(_STATE_KEY, None)
             return
         rules, tools = found
-        state = _State(rules, session_context(self.config, info))
-        state.cache.clear()
+        state = _State(rules)
         info.extra[_STATE_KEY] = state
         info.extra["masking_tools"] = tools
         # The relay reports a protocol Close of a portal: a SQL cursor of that name is gone.
