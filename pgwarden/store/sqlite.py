@@ -268,9 +268,17 @@ class SqliteAuditStore(JournalMixin, AuditStore):
 
     async def records(self, start: int = 1, end: int | None = None, *, session: str | None = None, batch: int = 1000) -> AsyncIterator[StoredRecord]:  # type: ignore[override]
         stop = end if end is not None else 2**62
+        # Records not in SQLite yet (this writer's, or a gateway's journal), taken *before*
+        # the blocks are read: a writer that moves its journal into a new block in
+        # between then only makes a record appear twice (skipped below), never vanish.
+        if self._journal_fd is not None:
+            extra = [(r.seq, r.at, r.session, r.type, r.hash, r.body) for b in list(self._unloaded) for r in decode_block(b[4])]
+        else:
+            extra = self._read_journal()
         # The block holding ``start`` may begin before it.
         row = self._query("SELECT max(first_seq) FROM blocks WHERE first_seq <= ?", (start,)).fetchone()
         cursor = row[0] if row and row[0] is not None else start
+        covered = 0  # the last seq of the blocks read (what the journal snapshot may repeat)
         while True:
             rows = self._query(
                 "SELECT first_seq, data FROM blocks WHERE first_seq >= ? AND first_seq <= ? ORDER BY first_seq LIMIT ?",
@@ -280,20 +288,15 @@ class SqliteAuditStore(JournalMixin, AuditStore):
                 break
             for _first, data in rows:
                 for record in decode_block(bytes(data)):
+                    covered = record.seq
                     if record.seq < start or record.seq > stop:
                         continue
                     if session is not None and record.session != session:
                         continue
                     yield record
             cursor = rows[-1][0] + 1
-        # Records not in SQLite yet: this writer's, or a (crashed) gateway's journal.
-        if self._journal_fd is not None:
-            extra = [(r.seq, r.at, r.session, r.type, r.hash, r.body) for b in list(self._unloaded) for r in decode_block(b[4])]
-        else:
-            extra = self._read_journal()
-        last_loaded = (self._head_locked())[0]
         for row in extra:
-            if row[0] <= last_loaded or row[0] < start or row[0] > stop:
+            if row[0] <= covered or row[0] < start or row[0] > stop:
                 continue
             if session is not None and row[2] != session:
                 continue
