@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .config_audit import AuditConfig
 from .config_guardrails import GuardrailsConfig, RolePolicy
 from .config_masking import MaskingConfig
+from .config_approvals import ApiConfig, ApprovalsConfig
 
 __all__ = [
     "Config",
@@ -288,6 +289,8 @@ class Config(_Strict):
     guardrails: GuardrailsConfig = GuardrailsConfig()
     audit: AuditConfig = AuditConfig()
     masking: MaskingConfig = MaskingConfig()
+    approvals: ApprovalsConfig = ApprovalsConfig()
+    api: ApiConfig = ApiConfig()
     # Extra startup parameters clients may pass through (lower-case names).
     forward_startup_parameters: list[str] = []
     data_dir: Path | None = None
@@ -325,6 +328,16 @@ class Config(_Strict):
             unknown = [t for t in rule.targets if t not in self.targets]
             if unknown:
                 raise ValueError(f"masking.rules.{rule.name}.targets: unknown target(s) {', '.join(unknown)}")
+        unknown = sorted(r for r in self.approvals.role_names() if r not in self.roles)
+        if unknown:
+            raise ValueError(f"approvals: unknown role(s) {', '.join(unknown)}")
+        if self.approvals.enabled and not self.audit_enabled:
+            raise ValueError(
+                "approvals.enabled: approvals live in the audit store, and session recording is off "
+                "(set data_dir or audit.store)"
+            )
+        if self.approvals.enabled and not self.guardrails.enabled:
+            raise ValueError("approvals.enabled: approvals act on guardrail rules with action review; guardrails are off")
         if self.audit.store.type == "postgres" and self.audit.store.dsn:
             where = _dsn_location(self.audit.store.dsn)
             for name, target in self.targets.items():
