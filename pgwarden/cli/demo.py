@@ -85,6 +85,25 @@ DEMO_MASKING = {
 }
 
 
+# Just-in-time approvals (docs/approvals.md): a developer's UPDATE, DELETE (and MERGE, which
+# can do either) and DDL waits in the session until a dba approves it. The dangerous pack
+# still comes first: DROP TABLE or a DELETE without WHERE is refused outright, never reviewed.
+# INSERT and reads need no approval.
+DEMO_REVIEW_RULES = [
+    {"name": "review-developer-changes",
+     "match": {"roles": ["developer"], "command": ["UPDATE", "DELETE", "MERGE"]}, "action": "review",
+     "message": "a developer's UPDATE or DELETE needs a dba's approval"},
+    {"name": "review-developer-ddl", "match": {"roles": ["developer"], "classification": ["ddl"]},
+     "action": "review", "message": "a developer's schema change needs a dba's approval"},
+]
+DEMO_REVIEWER = ("dba", "dbas")  # (subject, group) of the reviewer token the demo suggests
+
+
+def demo_api_port(port: int) -> int:
+    """The reviewer API's port: the gateway's plus one (minus one at the top of the range)."""
+    return port + 1 if port < 65535 else port - 1
+
+
 def write_demo_config(data_dir: Path, target: dict, port: int, password: str) -> Path:
     """Write the demo's complete config file and return its path."""
     from ..certs import write_selfsigned
@@ -133,10 +152,14 @@ def write_demo_config(data_dir: Path, target: dict, port: int, password: str) ->
             "packs": ["dangerous"],  # for the static demo user
             "rules": [
                 {"name": "watch-payments", "match": {"tables": "payments"}, "action": "alert"},
+                *DEMO_REVIEW_RULES,
             ],
         },
         "role_bindings": [{"role": role, "match": {"groups": group}} for role, group in DEMO_GROUPS],
         "masking": DEMO_MASKING,
+        # A held statement waits up to 10 minutes for a dba (`pgwarden approvals`, or the API).
+        "approvals": {"enabled": True, "mode": "hold", "reviewer_roles": ["dba"]},
+        "api": {"enabled": True, "host": "127.0.0.1", "port": demo_api_port(port)},
         "data_dir": str(data_dir),
     }
     path = data_dir / "pgwarden.yaml"
@@ -217,6 +240,22 @@ def register(app: typer.Typer) -> None:
                     " \"SELECT lower(email), ssn FROM customers\"",
                     soft_wrap=True,
                 )
+                broker = getattr(gateway, "approvals", None)
+                if broker is not None:
+                    api = broker.api.url if broker.api is not None else None
+                    sub, group = DEMO_REVIEWER
+                    out.print(
+                        "\nApprovals: as developer, UPDATE, DELETE and schema changes wait for a dba. Run"
+                        "\n  UPDATE orders SET status = 'refunded' WHERE id = 1;"
+                        "\npsql prints a NOTICE with the request id and waits. In another terminal:"
+                        f"\n  pgwarden approvals list --config {config_path}"
+                        f"\n  pgwarden approvals approve <id> --config {config_path}"
+                        f" --token $(pgwarden token mint --config {config_path} --sub {sub} --groups {group})"
+                        "\nand the UPDATE completes (approvals deny <id> -m 'why' refuses it instead)."
+                        + (f"\nReviewer API: {api}/api/v1/approvals (bearer token; description at {api}/openapi.json)"
+                           if api else ""),
+                        soft_wrap=True,
+                    )
                 if gateway.audit_writer is not None:
                     out.print(
                         f"\nRecording: every session goes to the audit trail in {cfg.audit.store.path}."
@@ -231,7 +270,11 @@ def register(app: typer.Typer) -> None:
             try:
                 asyncio.run(run(cfg, ready=ready))
             except OSError as exc:
-                fail(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc} (choose another with --port)", 1)
+                fail(
+                    f"cannot listen on 127.0.0.1:{port} (gateway) or {demo_api_port(port)} (reviewer API): "
+                    f"{exc.strerror or exc} (choose another with --port)",
+                    1,
+                )
         finally:
             pg.stop()
             out.print("Stopped.")

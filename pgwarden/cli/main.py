@@ -209,6 +209,10 @@ from .audit import audit_app  # noqa: E402
 
 app.add_typer(audit_app, name="audit")
 
+from .approvals import approvals_app  # noqa: E402
+
+app.add_typer(approvals_app, name="approvals")
+
 
 def main() -> None:
     app()

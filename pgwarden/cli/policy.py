@@ -67,6 +67,14 @@ def check(
             out.print(f"  {decision.message}", soft_wrap=True)
         if decision.alerts:
             out.print(f"  alerts: {', '.join(decision.alerts)}", soft_wrap=True)
+        if result.approval is not None:
+            a = result.approval
+            how = ("the session waits for the decision" if a["mode"] == "hold"
+                   else "refused with PW001 and a request id; the exact retry runs once after approval")
+            out.print(f"  approval: {a['mode']} mode ({how}); {a['approvals']} approval(s) from "
+                      f"{', '.join(a['reviewer_roles'])}; policy {a['policy']}", soft_wrap=True)
+        elif decision.action == "review":
+            out.print("  approvals are not enabled: the gateway refuses it", soft_wrap=True)
         if result.analysis.statements:
             table = Table("#", "command", "class", "tables", "functions", "where", box=None)
             for index, facts in enumerate(result.analysis.statements, 1):

@@ -66,6 +66,7 @@ class ClientConnection(asyncio.Protocol):
         self._expiry: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
         self._hold_cancel = None
+        self._hold_notice: bytes | None = None  # a hold's NoticeResponse waiting for a message boundary
         self._log = SessionLogger(log, {"session": self.id})
         # Write-ahead audit: output to PostgreSQL parked until its records are durable.
         self._audit = gateway.audit_writer
@@ -525,6 +526,8 @@ class ClientConnection(asyncio.Protocol):
         except Exception as exc:
             self.server_data_failed(exc)
             return
+        if self._hold_notice is not None and relay.notice_to_client(self._hold_notice):
+            self._hold_notice = None
         out = relay.to_client
         if out:
             self._client_write(out[0] if len(out) == 1 else b"".join(out))
@@ -571,8 +574,18 @@ class ClientConnection(asyncio.Protocol):
 
     def _command(self, command: object) -> None:
         if isinstance(command, HoldRequested):
-            self.pause_client_reading("hold")
+            # Reading goes on while held (the relay queues what arrives, up to
+            # _MAX_QUEUED): a client that disconnects during a long hold (an
+            # approval) is noticed at once and its request withdrawn.
             self._hold_cancel = command.hold.cancel
+            if command.hold.notice:
+                notice = encode.notice_response(command.hold.notice)
+                relay = self.relay
+                if relay is not None and relay.notice_to_client(notice) and self.transport is not None:
+                    self.transport.write(b"".join(relay.to_client))
+                    relay.to_client.clear()
+                else:
+                    self._hold_notice = notice
             self._spawn(self._await_hold(command), "hold")
         elif isinstance(command, CloseRequested):
             self.close(command.reason, command.error)

@@ -43,16 +43,21 @@ log = logging.getLogger("pgwarden.gateway")
 PasswordChecker = Callable[[CheckPassword], Awaitable[tuple[Any, str]]]
 
 
-def default_stages(config: Config) -> list[Stage]:
-    """The built-in pipeline, in order. Later issues insert their stages here."""
+def default_stages(config: Config, approvals: Any = None) -> list[Stage]:
+    """The built-in pipeline, in order. ``approvals`` is the gateway's ApprovalBroker, if any."""
     stages: list[Stage] = []
     if config.guardrails.enabled:
-        stages.append(GuardrailsStage(config))
+        stages.append(GuardrailsStage(config, defer_review=approvals is not None))
     if config.masking.active:
         from ..policy.stages.masking import MaskingStage
         from .catalog import catalog_loader
 
         stages.append(MaskingStage(config, loader=catalog_loader(config)))
+    if approvals is not None and config.guardrails.enabled:
+        from ..policy.stages.approvals import ApprovalsStage
+
+        guard = next((s for s in stages if isinstance(s, GuardrailsStage)), None)
+        stages.append(ApprovalsStage(config, approvals, guard.analyzer if guard is not None else None))
     if config.logging.statements:
         stages.append(StatementLogStage())
     return stages
@@ -116,7 +121,14 @@ class Gateway:
 
             password_checker = build_token_login(config)
         self.password_checker = password_checker
-        chosen = list(default_stages(config) if stages is None else stages)
+        self.gateway_id = secrets.token_hex(6)
+        # Just-in-time approvals (docs/approvals.md): only with the built-in pipeline.
+        self.approvals = None
+        if config.approvals.enabled and stages is None:
+            from .approvals import ApprovalBroker
+
+            self.approvals = ApprovalBroker(config, self.gateway_id)
+        chosen = list(default_stages(config, self.approvals) if stages is None else stages)
         if config.roles or config.identity.enabled:
             # Token and API-key sessions can never change their role or lift
             # read-only, whatever stages a caller chose.
@@ -124,11 +136,12 @@ class Gateway:
             if not any(isinstance(stage, GuardrailsStage) for stage in chosen):
                 chosen.insert(0, IdentityGuardStage())
         # Session recording (docs/audit.md): the writer and the recorder, when enabled.
-        self.gateway_id = secrets.token_hex(6)
         self.audit_writer = None
         self.recorder = None
         if config.audit_enabled:
             self.audit_writer, self.recorder = build_recorder(config, self.gateway_id)
+        if self.approvals is not None:
+            self.approvals.recorder = self.recorder
         self.pipeline = Pipeline(chosen, self.recorder)
         self.client_tls_context = None
         tls = config.listen.tls
@@ -232,6 +245,12 @@ class Gateway:
                 "statements are forwarded unrecorded",
                 extra={"event": "audit_disabled"},
             )
+        if self.approvals is not None:
+            # Fail closed: review statements need somewhere to keep their requests.
+            await self.approvals.start()
+        elif self.config.api.enabled:
+            log.warning("api.enabled is set but approvals are off: the HTTP API is not started",
+                        extra={"event": "api_disabled"})
         self._server = await loop.create_server(
             lambda: ClientConnection(self), listen.host, listen.port, reuse_address=True, backlog=1024
         )
@@ -272,6 +291,8 @@ class Gateway:
             await self._server.wait_closed()
         if self.control_plane is not None:
             await self.control_plane.stop()
+        if self.approvals is not None:
+            await self.approvals.stop()
         if self.audit_writer is not None:
             await self.audit_writer.stop()
         for task in list(self._background):

@@ -15,11 +15,11 @@ from datetime import datetime
 
 from ..config import Config
 from ..policy.analysis import Analysis, Analyzer
-from ..policy.rules import ALLOW, DENY, Decision, Policy
+from ..policy.rules import ALLOW, DENY, REVIEW, Decision, Policy
 from ..policy.stages.guardrails import GuardrailsStage
 from ..policy.stages.identity_guard import IdentityGuardStage
 from ..session.statement import Kind, Protocol, SessionInfo, Statement
-from ..session.verdict import Allow, Hold
+from ..session.verdict import Allow, Deny, Hold
 
 __all__ = ["PolicyCheck", "check_statement", "PolicyInputError"]
 
@@ -50,6 +50,8 @@ class PolicyCheck:
     # apply to the session; masking_note says why it could not be decided (catalog unreadable).
     masking: list[dict[str, object]] | None = None
     masking_note: str | None = None
+    # For a review decision with approvals on: how the request would be handled (mode, reviewers, ...).
+    approval: dict[str, object] | None = None
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"role": self.role, "target": self.target}
@@ -63,6 +65,8 @@ class PolicyCheck:
             out["masking"] = self.masking
         if self.masking_note is not None:
             out["masking_note"] = self.masking_note
+        if self.approval is not None:
+            out["approval"] = self.approval
         return out
 
 
@@ -106,7 +110,7 @@ def check_statement(
     verdict = IdentityGuardStage(analyzer).check(statement) if role is not None and not config.guardrails.enabled \
         else None
     if verdict is None and config.guardrails.enabled:
-        stage = GuardrailsStage(config, analyzer, policy)
+        stage = GuardrailsStage(config, analyzer, policy, defer_review=config.approvals.enabled)
         stage.now = at
         stage.session_started(info)
         verdict = stage.check(statement)
@@ -128,6 +132,17 @@ def check_statement(
                             verdict.hint, facts=analysis.statements)
     if decision is None:
         decision = Decision(ALLOW, None, facts=analysis.statements)
+    approval = None
+    if verdict is None and decision.action == REVIEW and config.approvals.enabled:
+        settings = config.approvals.settings_for(decision.rule or "default", role, identity or "policy-check")
+        approval = {
+            "policy": settings.policy, "mode": settings.mode, "approvals": settings.approvals,
+            "reviewer_roles": list(settings.reviewer_roles) or ["local admin"],
+            "timeout_seconds": settings.timeout, "validity_seconds": settings.validity,
+        }
+        if settings.mode == "ticket":
+            verdict = Deny(f"pgwarden: approval required (rule {decision.rule or 'default'}): request <id>",
+                           "PW001", rule="approvals.required")
     return PolicyCheck(
         decision,
         analysis,
@@ -137,6 +152,7 @@ def check_statement(
         message=verdict.message if verdict is not None else None,
         masking=masking,
         masking_note=note,
+        approval=approval,
     )
 
 

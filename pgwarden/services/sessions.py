@@ -332,5 +332,14 @@ def _detail(rtype: str, f: dict[str, Any]) -> str:
     if rtype == "disconnect":
         return (f"{f.get('reason', '?')}: {f.get('statements', 0)} statements, {f.get('refused', 0)} refused, "
                 f"{f.get('errors', 0)} errors, {f.get('duration_s', '?')} s")
+    if rtype == "approval":
+        event, rid = f.get("event", "?"), f.get("request", "?")
+        if event == "requested":
+            return (f"approval request {rid} ({f.get('mode', '?')} mode, rule {f.get('rule', '?')}) "
+                    f"by {f.get('requester', '?')}")
+        if event in ("approve", "deny"):
+            comment = f": {f['comment']}" if f.get("comment") else ""
+            return f"request {rid}: {event} by {f.get('reviewer', '?')} via {f.get('via', '?')}{comment} -> {f.get('status')}"
+        return f"request {rid}: {event}" + (f" ({f['reason']})" if f.get("reason") else "")
     return json.dumps(f, ensure_ascii=False, sort_keys=True)[:200]
 

@@ -456,6 +456,18 @@ class Relay(ClientFastPath, ReplyTracker):
             self._pending.append((_POISON_PARSE, stmt, deny, None))
             self._discarding = True
 
+    def notice_to_client(self, message: bytes) -> bool:
+        """Queue an asynchronous message (a NoticeResponse) for the client.
+
+        Only at a message boundary: while a bulk DataRow is partly forwarded
+        (``_server_skip``) the bytes would land inside it, so the caller tries
+        again after the next upstream chunk (returns False).
+        """
+        if self._server_skip:
+            return False
+        self.to_client.append(message)
+        return True
+
     def resume(self, verdict: Verdict) -> None:
         """Continue after a hold with the verdict its ``wait()`` produced."""
         if self._held is None:

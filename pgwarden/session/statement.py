@@ -100,6 +100,7 @@ class Statement:
         "capture",
         "number",
         "mask",
+        "approval",
     )
 
     def __init__(
@@ -145,6 +146,9 @@ class Statement:
         # The masking stage's plan source for this statement's results (a
         # pgwarden.policy.masking StatementMask), or None: results pass untouched.
         self.mask = None
+        # The approval that let this statement run or refused it (a dict the
+        # recorder writes into the statement record), or None.
+        self.approval = None
 
     def _bind(self) -> messages.Bind | None:
         if self._bind_body is None:

@@ -39,13 +39,16 @@ class Hold:
 
     ``wait`` returns ALLOW to continue with the next stage, or a Deny. The
     driver awaits it; the state machine stays free of asyncio. ``cancel`` is
-    called when the client withdraws (CancelRequest or disconnect).
+    called when the client withdraws (CancelRequest or disconnect). ``notice``,
+    if set, is sent to the client as a NoticeResponse as soon as the hold
+    starts (psql prints it at once), so a person knows why nothing happens.
     """
 
     wait: Callable[[], Awaitable["Verdict"]]
     reason: str = ""
     rule: str | None = None
     cancel: Callable[[], None] | None = None
+    notice: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,7 @@ TYPES = (
     "notice",  # a NoticeResponse not tied to a statement
     "cancel",  # a CancelRequest for the session
     "disconnect",  # the session ended, with the reason and counters
+    "approval",  # a just-in-time approval request, a reviewer's decision, its expiry, withdrawal or execution
     "audit",  # the trail itself: writer started/stopped, failures, drops, retention
 )
 

@@ -98,8 +98,13 @@ def session_context(config: Config, info: SessionInfo) -> SessionContext:
 class GuardrailsStage:
     name = "guardrails"
 
-    def __init__(self, config: Config, analyzer: Analyzer | None = None, policy: Policy | None = None) -> None:
+    def __init__(
+        self, config: Config, analyzer: Analyzer | None = None, policy: Policy | None = None, defer_review: bool = False
+    ) -> None:
         self.config = config
+        # True when an ApprovalsStage follows: a ``review`` decision is passed on
+        # (on ``statement.decision``) for it to hold or ticket. Off, review is refused.
+        self.defer_review = defer_review
         self.policy = policy or Policy(config)
         guard = config.guardrails
         self.analyzer = analyzer or Analyzer(cache_size=guard.cache_size, max_length=guard.max_statement_length)
@@ -131,10 +136,11 @@ class GuardrailsStage:
             if cached is not None and cached[0] is analysis:
                 decision = cached[1]
                 statement.decision = decision
-                if decision.action == ALLOW:
+                if decision.action == ALLOW or (decision.action == REVIEW and self.defer_review):
                     if statement.kind == Kind.PARSE and statement.statement_name:
                         state.prepared[statement.statement_name] = analysis.statements[0]
-                    return None
+                    if decision.action == ALLOW:
+                        return None
                 return self._verdict(statement, decision)
         if statement.kind == Kind.FUNCTION_CALL:
             return None  # refused by the relay itself
@@ -203,7 +209,7 @@ class GuardrailsStage:
                 if len(decisions) >= 1024:
                     decisions.clear()
                 decisions[id(analysis)] = (analysis, decision)
-        if decision.action == ALLOW:
+        if decision.action == ALLOW or (decision.action == REVIEW and self.defer_review):
             self._apply_effects(state, statement, analysis.statements)
         return self._verdict(statement, decision)
 
@@ -244,6 +250,8 @@ class GuardrailsStage:
         if len(decision.facts) > 1:
             where = f"statement {decision.statement + 1} of {len(decision.facts)}: "
         if decision.action == REVIEW:
+            if self.defer_review:
+                return None  # the approvals stage decides (statement.decision says review)
             return Deny(
                 f"pgwarden: {where}{decision.message} (rule {decision.rule}); approvals are not configured, "
                 "so it is refused",

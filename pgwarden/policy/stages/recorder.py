@@ -220,6 +220,14 @@ class Recorder:
     def cancelled(self, session_id: str, client: str | None, held: bool) -> None:
         self.writer.submit(make_record("cancel", session_id, {"client": client, "held": held}))
 
+    def approval_event(self, request: Any, event: Any) -> None:
+        """An approval request's event (requested, a decision, expiry, ...) as an ``approval`` record."""
+        from ...store.approvals import iso
+
+        fields = {"request": event.request, "event": event.kind, "event_at": iso(event.at)}
+        fields.update(event.fields)
+        self.writer.submit(make_record("approval", getattr(request, "session", None), fields))
+
     def notice(self, session_id: str, body: bytes) -> None:
         fields = decode_error_fields(body)
         self.writer.submit(
@@ -238,6 +246,7 @@ class Recorder:
             cls is Allow
             and writer.failed is None
             and (decision is None or (decision.rule is None and not decision.alerts))
+            and stmt.approval is None
             and stmt.kind == "execute"
             and stmt.text is not None
         ):
@@ -274,6 +283,7 @@ class Recorder:
             and stmt.protocol == "simple"
             and writer.failed is None
             and (decision is None or (decision.rule is None and not decision.alerts))
+            and stmt.approval is None
         ):
             # The common case in one template (the general path below builds the same record).
             info = stmt.session
@@ -321,6 +331,8 @@ class Recorder:
                 parts.append(',"params":' + (decode_params(stmt, bind) if bind is not None else '"unreadable"'))
             if stmt.param_types:
                 parts.append(',"param_types":[' + ",".join(map(str, stmt.param_types)) + "]")
+        if stmt.approval is not None:
+            parts.append(',"approval":' + json.dumps(stmt.approval, ensure_ascii=False, separators=(",", ":")))
         if cls is Deny:
             state.refused += 1
             parts.append(
