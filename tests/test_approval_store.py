@@ -366,7 +366,7 @@ async def test_expire_due(store):
     pending = req(at=T0)
     await store.create(pending, chained=True)
     ticket = await approved(store, at=T0 + 1)  # valid until T0 + 11 + VALIDITY
-    hold = await approved(store, at=T0 + 2, mode="hold")  # a held statement: its gateway runs it
+    hold = await approved(store, at=T0 + 2, mode="hold")  # a held statement: its gateway runs it at once
     later = req(at=T0 + 500)
     await store.create(later, chained=True)
 
@@ -382,9 +382,12 @@ async def test_expire_due(store):
     assert [(r.id, r.status, e.kind) for r, e in done] == [(ticket.id, "expired", "expired")]
     assert await store.consume("alice", FP, ticket.valid_until - 1, "s-2", chained=True) is None  # gone
 
+    # Still approved after its validity, a hold request lost its session (its gateway stopped).
+    assert hold.valid_until < T0 + 10_000
     done = await store.expire_due(T0 + 10_000, chained=True)
-    assert [r.id for r, _ in done] == [later.id]
-    assert (await store.get(hold.id)).status == "approved"
+    assert sorted(r.id for r, _ in done) == sorted([later.id, hold.id])
+    expired_hold = await store.get(hold.id)
+    assert expired_hold.status == "expired" and "session was gone" in expired_hold.closed_reason
     assert await store.expire_due(T0 + 10_000, chained=True) == []
     assert [(e.kind, e.request) for e in await store.claim_unchained()] == [("expired", pending.id)]
 

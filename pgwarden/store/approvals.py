@@ -344,9 +344,12 @@ def due_expiry(request: ApprovalRequest, now: float) -> ApprovalRequest | None:
     """``request`` closed as expired if it is due (``expire_due``), else None."""
     if request.status == "pending" and now >= request.expires_at:
         return close_request(request, "expired", "timeout", "no decision before the request expired", now)
-    if (request.status == "approved" and request.mode == "ticket" and request.valid_until is not None
-            and now >= request.valid_until):
-        return close_request(request, "expired", "timeout", "the approved ticket was not used in time", now)
+    if request.status == "approved" and request.valid_until is not None and now >= request.valid_until:
+        # A hold request is run by its session within a poll; one still approved after its
+        # validity lost its session (the gateway stopped) and can never run.
+        why = ("the approved ticket was not used in time" if request.mode == "ticket"
+               else "the held session was gone before it could run")
+        return close_request(request, "expired", "timeout", why, now)
     return None
 
 

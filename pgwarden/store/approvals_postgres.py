@@ -366,7 +366,7 @@ class PostgresApprovalStore(ApprovalStore):
         async def body(conn: asyncpg.Connection) -> list[tuple[ApprovalRequest, ApprovalEvent]]:
             rows = await conn.fetch(
                 f"SELECT body FROM {self._s}.approval_requests WHERE (status = 'pending' AND expires_at <= $1) "
-                "OR (status = 'approved' AND mode = 'ticket' AND valid_until <= $1) ORDER BY created_at, id "
+                "OR (status = 'approved' AND valid_until <= $1) ORDER BY created_at, id "
                 "FOR UPDATE SKIP LOCKED",
                 float(now),
             )

@@ -365,7 +365,7 @@ class SqliteApprovalStore(ApprovalStore):
             def tx() -> list[tuple[ApprovalRequest, ApprovalEvent]]:
                 rows = conn.execute(
                     "SELECT body FROM approval_requests WHERE (status = 'pending' AND expires_at <= ?) "
-                    "OR (status = 'approved' AND mode = 'ticket' AND valid_until <= ?) ORDER BY created_at, id",
+                    "OR (status = 'approved' AND valid_until <= ?) ORDER BY created_at, id",
                     (now, now),
                 ).fetchall()
                 done = []
