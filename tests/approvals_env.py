@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from pgwarden.config import Config, parse_config
@@ -23,6 +25,8 @@ from pgwarden.services.approvals import ApprovalService
 from pgwarden.store.approvals import ApprovalRequest, Reviewer, approval_store_for
 from pgwarden.store.sqlite import SqliteAuditStore
 from pgwarden.testing.gateway import RunningGateway
+
+from conftest import GW_PASSWORD, GW_USER
 
 TABLES = ("hold_items", "ticket_items", "two_items", "short_items", "many_items", "expiry_items")
 
@@ -168,3 +172,59 @@ def start_env(pg, data_dir: Path, users: list[dict], extra: dict | None = None,
     gw = RunningGateway(config)
     gw.__enter__()
     return gw, ApprovalsEnv(gw, config, data, data_dir)
+
+
+# ---------------------------------------------------------------- clients
+
+
+def alice(env, **kw):
+    return psycopg.connect(env.gw.dsn(GW_USER, GW_PASSWORD, sslmode="disable"), autocommit=True, **kw)
+
+
+def as_key(env, key: str, **kw):
+    return psycopg.connect(env.gw.dsn("svc", key, sslmode="disable"), autocommit=True, **kw)
+
+
+def value(pg, table: str, row: int) -> str:
+    return pg.psql(f"select name from ap.{table} where id = {row}", database="appdb").strip()
+
+
+class Client(threading.Thread):
+    """Runs ``fn`` in a thread, keeping its result or exception (the client blocks while held)."""
+
+    def __init__(self, fn) -> None:
+        super().__init__(daemon=True)
+        self.fn = fn
+        self.result = None
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self.error = exc
+
+    def outcome(self, timeout: float = 30.0):
+        self.join(timeout)
+        assert not self.is_alive(), "the client is still blocked"
+        return self.result, self.error
+
+
+def wait_until(predicate, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def ticket_refusal(conn, sql, params=None) -> str:
+    with pytest.raises(psycopg.Error) as info:
+        conn.execute(sql, params)
+    assert info.value.sqlstate == "PW001", info.value
+    return info.value.diag.message_primary
+
+
+def request_id_of(message: str) -> str:
+    return message.split("request ", 1)[1].split()[0]

@@ -17,6 +17,23 @@ import pytest
 from test_cli import _free_port
 
 
+def _free_port_pair() -> int:
+    """A free port whose next port is free too (the demo's reviewer API listens on port + 1)."""
+    import socket
+
+    for _ in range(50):
+        port = _free_port()
+        if port >= 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports")
+
+
 def _start_demo(data_dir: str, port: int) -> tuple[subprocess.Popen, str, list[str]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pgwarden", "demo", "--data-dir", data_dir, "--port", str(port)],
@@ -56,7 +73,7 @@ def _stop(proc: subprocess.Popen) -> str:
 def test_demo_runs_serves_psql_and_reuses_its_data():
     data_dir = tempfile.mkdtemp(prefix="pgwarden-demo-test-")
     os.chmod(data_dir, 0o755)
-    port = _free_port()
+    port = _free_port_pair()
     try:
         proc, uri, lines = _start_demo(data_dir, port)
         try:
@@ -117,8 +134,11 @@ def _check_demo_guardrails(lines: list[str], port: int) -> None:
     assert psql("mcp-agent", "agents", "select count(*) > 0 from customers").stdout.strip() == "t"
     drop = psql("dev", "developers", "DROP TABLE orders")
     assert drop.returncode != 0 and "dangerous.drop" in drop.stderr
-    write = psql("dev", "developers", "BEGIN; UPDATE orders SET status = status WHERE id = 1; ROLLBACK")
-    assert write.returncode == 0, write.stderr
+    # The developer inserts without asking; UPDATE waits for a dba (below).
+    insert = psql("dev", "developers", "BEGIN; INSERT INTO orders (customer_id, ordered_at, status, total)"
+                                       " VALUES (1, now(), 'pending', 1); ROLLBACK")
+    assert insert.returncode == 0, insert.stderr
+    _check_demo_approvals(lines, config, port)
     # Masking: PII redacted for agent and analyst, partial for developer, clear for dba.
     sql = "SELECT email, ssn, card_number FROM customers ORDER BY id LIMIT 1"
     agent = psql("mcp-agent", "agents", sql).stdout.strip().split("|")
@@ -138,6 +158,79 @@ def _check_demo_guardrails(lines: list[str], port: int) -> None:
     masking = json.loads(check.stdout)["masking"]
     assert [(m["column"], m["masking"], m.get("rule")) for m in masking] == [
         ("lower", "whole value", "email"), ("ssn", "redact", "ssn")]
+
+
+def _check_demo_approvals(lines: list[str], config: str, port: int) -> None:
+    """The banner's approval cycle: the developer's UPDATE waits with a NOTICE, a dba approves, it completes."""
+    import httpx
+
+    banner = "".join(lines)
+    assert "UPDATE orders SET status = 'refunded' WHERE id = 1;" in banner
+    assert f"pgwarden approvals approve <id> --config {config} --token $(pgwarden token mint" in banner
+    assert f"http://127.0.0.1:{port + 1}/api/v1/approvals" in banner
+    dsn = f"host=127.0.0.1 port={port} dbname=shop user=dev sslmode=require"
+    env = {**os.environ, "PGPASSWORD": _token(config, "dev", "developers")}
+    held = subprocess.Popen(["psql", dsn, "-X", "-c", "UPDATE orders SET status = status WHERE id = 1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        notice = held.stderr.readline()  # printed while the statement is held
+        assert notice.startswith("NOTICE:") and "review-developer-changes" in notice, notice
+        request_id = re.search(r"request ([0-9a-f]{12})", notice).group(1)
+        pgw = [sys.executable, "-m", "pgwarden", "approvals"]
+        listed = subprocess.run([*pgw, "list", "--config", config, "--json"], capture_output=True, text=True,
+                                timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        assert request_id in [r["id"] for r in json.loads(listed.stdout)]
+        assert held.poll() is None  # still waiting
+        dba = _token(config, "dba", "dbas")
+        approved = subprocess.run([*pgw, "approve", request_id, "--config", config, "--token", dba],
+                                  capture_output=True, text=True, timeout=60)
+        assert approved.returncode == 0, approved.stdout + approved.stderr
+        assert f"request {request_id} approved by dba" in approved.stdout
+        out, err = held.communicate(timeout=30)
+    finally:
+        if held.poll() is None:
+            held.kill()
+    assert held.returncode == 0 and "UPDATE 1" in out, err
+    shown = httpx.get(f"http://127.0.0.1:{port + 1}/api/v1/approvals/{request_id}",
+                      headers={"Authorization": f"Bearer {dba}"}, timeout=10)
+    assert shown.status_code == 200 and shown.json()["status"] == "executed"
+    assert [d["reviewer"] for d in shown.json()["decisions"]] == ["dba"]
+
+
+def test_demo_config_reviews_developer_changes(tmp_path):
+    """The demo's config validates; a developer's UPDATE, DELETE and DDL are reviewed by a dba."""
+    from pgwarden.cli.demo import write_demo_config
+    from pgwarden.config import load_config
+    from pgwarden.services.policy import check_statement
+
+    target = {"host": "127.0.0.1", "port": 5432, "database": "shop", "user": "postgres"}
+    cfg = load_config(write_demo_config(tmp_path, target, 16432, "demo-password"))
+    assert cfg.approvals.enabled and cfg.approvals.mode == "hold" and cfg.approvals.reviewer_roles == ["dba"]
+    assert cfg.api.enabled and (cfg.api.host, cfg.api.port) == ("127.0.0.1", 16433)
+
+    def decide(role: str, sql: str) -> tuple[str, str | None]:
+        decision = check_statement(cfg, sql, role=role).decision
+        return decision.action, decision.rule
+
+    update = "UPDATE orders SET status = 'refunded' WHERE id = 1"
+    assert decide("developer", update) == ("review", "review-developer-changes")
+    assert decide("developer", "DELETE FROM order_items WHERE order_id = 1") == ("review", "review-developer-changes")
+    assert decide("developer", "CREATE INDEX ON orders (status)") == ("review", "review-developer-ddl")
+    assert decide("developer", "ALTER TABLE orders ADD COLUMN note text") == ("review", "review-developer-ddl")
+    insert = "INSERT INTO orders (customer_id, ordered_at, status, total) VALUES (1, now(), 'pending', 1)"
+    assert decide("developer", insert) == ("allow", None)
+    assert decide("developer", "SELECT status FROM orders WHERE id = 1") == ("allow", None)
+    # The dangerous pack comes first: refused outright, never sent for review.
+    assert decide("developer", "DROP TABLE orders") == ("deny", "dangerous.drop")
+    assert decide("developer", "DELETE FROM orders") == ("deny", "dangerous.no_where")
+    # The reviewer's own changes run; the read-only agent is refused, not reviewed.
+    assert decide("dba", update) == ("allow", None)
+    assert decide("dba", "CREATE INDEX ON orders (status)") == ("allow", None)
+    assert decide("agent", update) == ("deny", "read-only.write")
+    # At the top of the port range the API takes the port below.
+    top = load_config(write_demo_config(tmp_path, target, 65535, "demo-password"))
+    assert top.api.port == 65534
 
 
 def _check_demo_recording(out: str, data_dir: str) -> None:

@@ -1,0 +1,249 @@
+"""Ticket-mode approvals, prepared statements, the CLI and shared stores, end to end.
+
+What a user checks: a refused statement carries a request id (PW001); once
+approved, exactly that statement with exactly those parameters runs once for
+the same requester, also after a gateway restart; SQL EXECUTE cannot carry a
+ticket; the CLI lists, shows and decides; and with the PostgreSQL store a
+decision made through one gateway's API releases a hold on another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import threading
+import time
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from approvals_env import (
+    SETUP_SQL, Client, alice, as_key, request_id_of, start_env, ticket_refusal, value, wait_until,
+)
+from conftest import GW_PASSWORD, GW_USER
+
+try:
+    import asyncpg
+except ImportError:  # pragma: no cover - a test dependency
+    asyncpg = None
+
+
+@pytest.fixture(scope="module")
+def env(pg, gw_users, tmp_path_factory):
+    pg.psql(SETUP_SQL, database="appdb")
+    gw, environment = start_env(pg, tmp_path_factory.mktemp("approvals"), gw_users)
+    try:
+        yield environment
+    finally:
+        gw.__exit__(None, None, None)
+
+
+# ---------------------------------------------------------------- ticket mode
+
+
+def test_ticket_runs_once_for_exactly_the_approved_parameters(env, pg):
+    sql = "UPDATE ap.ticket_items SET name = %s WHERE id = %s"
+    with alice(env) as conn:
+        first = request_id_of(ticket_refusal(conn, sql, ("t1", 1)))
+        again = ticket_refusal(conn, sql, ("t1", 1))
+        assert request_id_of(again) == first and "still waiting" in again  # no duplicate request
+        assert conn.execute("select 1").fetchone() == (1,)
+        env.decide(first, "approve")
+        assert conn.execute(sql, ("t1", 1)).rowcount == 1  # the exact retry runs ...
+        assert value(pg, "ticket_items", 1) == "t1"
+        second = request_id_of(ticket_refusal(conn, sql, ("t1", 1)))  # ... once
+        assert second != first
+        env.decide(second, "approve")
+        changed = request_id_of(ticket_refusal(conn, sql, ("t2", 1)))  # other parameters: a new approval
+        assert changed not in (first, second)
+        assert value(pg, "ticket_items", 1) == "t1"
+        assert env.get(second).status == "approved"
+    # Another identity cannot use alice's ticket.
+    other = env.key("ticket-thief", ["developer"])
+    with as_key(env, other) as conn:
+        ticket_refusal(conn, sql, ("t1", 1))
+    assert env.get(second).status == "approved"
+    records = env.wait_records(
+        lambda r: r["type"] == "statement" and (r.get("approval") or {}).get("request") == first
+        and r["decision"]["action"] == "allow", "the ticket's statement")
+    assert records[0]["approval"]["mode"] == "ticket"
+
+
+def test_ticket_after_its_validity_is_refused(env, pg):
+    sql = "UPDATE ap.expiry_items SET name = %s WHERE id = %s"
+    with alice(env) as conn:
+        request = request_id_of(ticket_refusal(conn, sql, ("late", 1)))
+        env.decide(request, "approve")
+        time.sleep(1.2)  # the policy's validity is one second
+        fresh = request_id_of(ticket_refusal(conn, sql, ("late", 1)))
+        assert fresh != request
+    assert value(pg, "expiry_items", 1) == "a"
+
+
+def test_ticket_survives_a_gateway_restart_and_webhooks_and_api(pg, gw_users, tmp_path):
+    import http.server
+    import json as jsonlib
+
+    received: list[dict] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            received.append(jsonlib.loads(body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hooks = [{"url": f"http://127.0.0.1:{server.server_port}/hook", "format": "json"}]
+    sql = "UPDATE ap.ticket_items SET name = %s WHERE id = %s"
+    try:
+        gw, env = start_env(pg, tmp_path, gw_users, webhooks=hooks)
+        try:
+            with alice(env) as conn:
+                request = request_id_of(ticket_refusal(conn, sql, ("restart", 2)))
+            wait_until(lambda: any(m["event"] == "requested" for m in received), "the webhook")
+            sent = next(m for m in received if m["event"] == "requested")
+            assert sent["request"]["id"] == request and sent["links"]["approve"].endswith(f"/{request}/approve")
+        finally:
+            gw.__exit__(None, None, None)
+        env.decide(request, "approve", comment="while the gateway was down")
+        gw, env = start_env(pg, tmp_path, gw_users, webhooks=hooks)
+        try:
+            with alice(env) as conn:
+                assert conn.execute(sql, ("restart", 2)).rowcount == 1
+                assert value(pg, "ticket_items", 2) == "restart"
+                ticket_refusal(conn, sql, ("restart", 2))
+            # The CLI's decision (made while no gateway ran) is now in the chain.
+            env.wait_records(lambda r: r["type"] == "approval" and r["request"] == request and r["event"] == "approve",
+                             "the CLI decision")
+        finally:
+            gw.__exit__(None, None, None)
+    finally:
+        server.shutdown()
+
+
+def test_prepared_statements_are_reviewed_where_they_run(env, pg):
+    with alice(env) as conn:
+        conn.execute("PREPARE zap(int) AS DELETE FROM ap.hold_items WHERE id = $1")  # runs nothing: passes
+        seen = {r.id for r in env.requests()}
+        c = Client(lambda: conn.execute("EXECUTE zap(1)"))
+        request = env.wait_for(lambda r: r.status == "pending" and r.id not in seen, "for EXECUTE zap(1)")
+        assert request.statement == "EXECUTE zap(1)" and "prepared statement zap" in request.reason
+        env.decide(request.id, "deny")
+        _, error = c.outcome()
+        assert isinstance(error, errors.InsufficientPrivilege)
+        # A ticket pins the text, and EXECUTE's text does not say what runs: refused outright.
+        conn.execute("PREPARE tz(text) AS UPDATE ap.ticket_items SET name = $1 WHERE id = 1")
+        with pytest.raises(errors.InsufficientPrivilege) as info:
+            conn.execute("EXECUTE tz('x')")
+        assert "a ticket cannot be issued for EXECUTE" in info.value.diag.message_primary
+        # Protocol-level prepared statements carry their text: a ticket works.
+        sql = "UPDATE ap.ticket_items SET name = %s WHERE id = 2"
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute(sql, ("proto",), prepare=True)
+        assert info.value.sqlstate == "PW001"
+        request_id = request_id_of(info.value.diag.message_primary)
+        assert env.get(request_id).statement == "UPDATE ap.ticket_items SET name = $1 WHERE id = 2"
+        env.decide(request_id, "approve")
+        assert conn.execute(sql, ("proto",), prepare=True).rowcount == 1
+    assert value(pg, "hold_items", 1) != "" and value(pg, "ticket_items", 2) == "proto"  # the denied DELETE left row 1
+
+
+def test_postgres_store_a_decision_through_one_gateway_releases_a_hold_on_another(env, pg, gw_users, tmp_path):
+    import secrets
+
+    import httpx
+
+    database = f"approvals_{secrets.token_hex(3)}"
+    pg.psql(f"CREATE DATABASE {database} OWNER app")
+    store = {"audit": {"store": {"type": "postgres", "dsn": pg.dsn("app", database)},
+                       "checkpoints": {"key_file": str(tmp_path / "signing.key")}}}  # one trail, one key
+    keys_file = str(tmp_path / "shared-keys.sqlite")
+    identity = {"identity": {"api_keys_file": keys_file}}
+    gw_a, env_a = start_env(pg, tmp_path / "a", gw_users, {**store, **identity, "api": {"enabled": True, "port": 0}})
+    try:
+        gw_b, env_b = start_env(pg, tmp_path / "b", gw_users, {**store, **identity})
+        try:
+            dba = env_a.key("dba-api", ["dba"])
+            c = Client(lambda: alice(env_b).execute("UPDATE ap.hold_items SET name = 'cross' WHERE id = 2").rowcount)
+            api = f"http://127.0.0.1:{gw_a.gateway.approvals.api.port}/api/v1/approvals"
+            headers = {"Authorization": f"Bearer {dba}"}
+            wait_until(lambda: any("ap.hold_items" in r["statement"]
+                                   for r in httpx.get(api, headers=headers).json()["approvals"]), "the request via the API")
+            request = next(r for r in httpx.get(api, headers=headers).json()["approvals"] if "ap.hold_items" in r["statement"])
+            assert request["gateway"] == gw_b.gateway.gateway_id
+            assert httpx.post(f"{api}/{request['id']}/approve", headers=headers, json={"comment": "via A"}).status_code == 200
+            rowcount, error = c.outcome()
+            assert error is None and rowcount == 1 and value(pg, "hold_items", 2) == "cross"
+            assert env_a.get(request["id"]).status == "executed"
+            assert httpx.post(f"{api}/{request['id']}/approve", headers=headers).status_code == 409
+        finally:
+            gw_b.__exit__(None, None, None)
+    finally:
+        gw_a.__exit__(None, None, None)
+        pg.psql("insert into ap.hold_items values (2, 'b') on conflict (id) do update set name = 'b'", database="appdb")
+        pg.psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+def _cli(env, *args):
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "pgwarden", "approvals", *args, "--config", str(env.config_file)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_list_show_approve_deny(env, pg):
+    import json
+
+    sql = "UPDATE ap.ticket_items SET name = %s WHERE id = %s"
+    with alice(env) as conn:
+        first = request_id_of(ticket_refusal(conn, sql, ("cli", 1)))
+        second = request_id_of(ticket_refusal(conn, sql, ("cli-deny", 1)))
+    listed = _cli(env, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert first in listed.stdout and second in listed.stdout and "review-ticket_items" in listed.stdout
+    shown = _cli(env, "show", first[:6])  # a unique prefix is enough to look at
+    assert shown.returncode == 0 and "UPDATE ap.ticket_items" in shown.stdout and "'cli'" in shown.stdout
+    approved = _cli(env, "approve", first, "--comment", "cli ok")
+    assert approved.returncode == 0 and "approved by local:" in approved.stdout
+    again = _cli(env, "approve", first)
+    assert again.returncode == 1 and "already approved" in again.stderr
+    denied = _cli(env, "deny", second, "-m", "no")
+    assert denied.returncode == 0 and "denied" in denied.stdout
+    as_json = json.loads(_cli(env, "show", second, "--json").stdout)
+    assert as_json["status"] == "denied" and as_json["decisions"][0]["comment"] == "no"
+    missing = _cli(env, "approve", "ffffffffffff")
+    assert missing.returncode == 1 and "no approval request" in missing.stderr
+    with alice(env) as conn:
+        assert conn.execute(sql, ("cli", 1)).rowcount == 1
+    env.wait_records(lambda r: r["type"] == "approval" and r["request"] == first and r["event"] == "approve"
+                     and r["comment"] == "cli ok", "the CLI decision, chained by the gateway")
+
+
+@pytest.mark.skipif(asyncpg is None, reason="asyncpg is not installed")
+def test_asyncpg_ticket_with_binary_parameters(env, pg):
+    async def run():
+        conn = await asyncpg.connect(host=env.gw.host, port=env.gw.port, user=GW_USER, password=GW_PASSWORD,
+                                     database="app", ssl=False)
+        sql = "UPDATE ap.ticket_items SET name = $1 WHERE id = $2"
+        try:
+            with pytest.raises(asyncpg.PostgresError) as info:
+                await conn.execute(sql, "binary", 2)
+            assert info.value.sqlstate == "PW001"
+            request_id = request_id_of(info.value.args[0])
+            await asyncio.to_thread(env.decide, request_id, "approve")
+            with pytest.raises(asyncpg.PostgresError) as info:
+                await conn.execute(sql, "binary", 1)  # other parameters: not approved
+            assert info.value.sqlstate == "PW001"
+            assert await conn.execute(sql, "binary", 2) == "UPDATE 1"
+            return request_id
+        finally:
+            await conn.close()
+
+    request_id = asyncio.run(run())
+    assert env.get(request_id).status == "executed" and value(pg, "ticket_items", 2) == "binary"
