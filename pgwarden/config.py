@@ -468,11 +468,15 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             "sinks": sinks,
         }
     )
+    api = config.api
+    if api.tls is not None:
+        api = api.model_copy(update={"tls": api.tls.model_copy(update={"cert": fix(api.tls.cert), "key": fix(api.tls.key)})})
     masking = config.masking
     mask_key = masking.key_file if masking.key_file.is_absolute() else dev_base / masking.key_file
     masking = masking.model_copy(update={"key_file": mask_key})
     return config.model_copy(
         update={
+            "api": api,
             "masking": masking,
             "listen": listen,
             "targets": targets,

@@ -10,13 +10,14 @@ review, how long a request waits and how long an approved ticket stays valid.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .config_audit import parse_duration_seconds
 
-__all__ = ["ApprovalsConfig", "ApprovalPolicyConfig", "WebhookConfig", "ApiConfig", "ApprovalSettings"]
+__all__ = ["ApprovalsConfig", "ApprovalPolicyConfig", "WebhookConfig", "ApiConfig", "ApiTLSConfig", "ApprovalSettings"]
 
 Mode = Literal["hold", "ticket"]
 EVENTS = ("requested", "approved", "denied", "expired", "withdrawn", "executed")
@@ -154,16 +155,37 @@ class ApprovalsConfig(_Strict):
         )
 
 
+class ApiTLSConfig(_Strict):
+    cert: Path
+    key: Path
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
 class ApiConfig(_Strict):
     """The gateway's HTTP API (reviewers: approvals; OpenAPI at /openapi.json)."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8433
+    # Reviewers send bearer tokens: off loopback the API needs TLS (or a TLS proxy in
+    # front and allow_plaintext: true, knowingly).
+    tls: ApiTLSConfig | None = None
+    allow_plaintext: bool = False
+
+    @model_validator(mode="after")
+    def _plaintext(self) -> "ApiConfig":
+        if self.enabled and self.tls is None and self.host not in _LOOPBACK and not self.allow_plaintext:
+            raise ValueError(
+                f"host {self.host}: off loopback the API would carry bearer tokens in cleartext; "
+                "set api.tls (cert, key), or put a TLS proxy in front and set allow_plaintext: true"
+            )
+        return self
 
     @property
     def url(self) -> str:
         host = self.host if ":" not in self.host else f"[{self.host}]"
         if host in ("0.0.0.0", "[::]"):
             host = "127.0.0.1"
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls is not None else 'http'}://{host}:{self.port}"

@@ -65,3 +65,42 @@ def test_policy_check_says_how_a_review_is_handled(tmp_path):
     assert ticket.decision.action == "review" and ticket.sqlstate == "PW001"
     assert ticket.as_dict()["approval"]["policy"] == "ddl"
     assert check_statement(config, "DELETE FROM t WHERE id = 1", role="dba").decision.action == "allow"
+
+
+def test_api_off_loopback_needs_tls(tmp_path, tls_files):
+    with pytest.raises(ConfigError, match="bearer tokens in cleartext"):
+        _config_with_api(tmp_path, {"enabled": True, "host": "0.0.0.0"})
+    assert _config_with_api(tmp_path, {"enabled": True, "host": "0.0.0.0", "allow_plaintext": True}).api.url \
+        == "http://127.0.0.1:8433"
+    config = _config_with_api(tmp_path, {"enabled": True, "host": "0.0.0.0",
+                                         "tls": {"cert": str(tls_files["cert"]), "key": str(tls_files["key"])}})
+    assert config.api.url == "https://127.0.0.1:8433"
+
+
+def test_api_serves_https(tls_files):
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from pgwarden.web.server import ApiServer
+
+    async def run():
+        app = Starlette(routes=[Route("/ping", lambda request: JSONResponse({"ok": True}))])
+        server = ApiServer(app, "127.0.0.1", 0, ssl_certfile=str(tls_files["cert"]), ssl_keyfile=str(tls_files["key"]))
+        await server.start()
+        try:
+            assert server.url.startswith("https://")
+            async with httpx.AsyncClient(verify=False) as client:
+                return (await client.get(f"{server.url}/ping")).json()
+        finally:
+            await server.stop()
+
+    assert asyncio.run(run()) == {"ok": True}
+
+
+def _config_with_api(tmp_path, api):
+    data = {"targets": {"app": {"database": "d", "user": "u"}}, "data_dir": str(tmp_path), "api": api}
+    return parse_config(data, base_dir=tmp_path)

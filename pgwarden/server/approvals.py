@@ -78,10 +78,12 @@ class ApprovalBroker:
             from ..web.api import build_app
             from ..web.server import ApiServer
 
-            self.api = ApiServer(build_app(self.service), self.config.api.host, self.config.api.port)
+            tls = self.config.api.tls
+            self.api = ApiServer(build_app(self.service), self.config.api.host, self.config.api.port,
+                                 ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None)
             await self.api.start()
             self.service.api_port = self.api.port
-            log.info("approvals API on http://%s:%s", self.config.api.host, self.api.port,
+            log.info("approvals API on %s://%s:%s", "https" if tls else "http", self.config.api.host, self.api.port,
                      extra={"event": "api_listening", "port": self.api.port})
 
     async def stop(self) -> None:

@@ -159,7 +159,9 @@ async def _reviewer(service: ApprovalService, request: Request) -> Reviewer:
         log.info("API: token rejected from %s: %s", _client(request), exc.message,
                  extra={"event": "api_auth_failed"})
         if exc.code == "unauthenticated":
-            raise ApiError(401, "unauthenticated", exc.message, _CHALLENGE) from None
+            # The reason (unknown key id, bad secret, expired, wrong audience) goes to the
+            # log only: telling the caller would let it probe keys and issuers.
+            raise ApiError(401, "unauthenticated", "the bearer token was not accepted", _CHALLENGE) from None
         raise
     return reviewer
 

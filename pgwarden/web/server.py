@@ -90,8 +90,11 @@ class ApiServer:
     :meth:`stop` waits for requests in flight before cancelling them.
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 8433, *, grace: float = 5.0) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 8433, *, grace: float = 5.0,
+                 ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:
         self.app = app
+        self.ssl_certfile = ssl_certfile
+        self.ssl_keyfile = ssl_keyfile
         self.host = host
         self.port = port
         self.grace = grace
@@ -103,7 +106,7 @@ class ApiServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         if host in ("0.0.0.0", "[::]", ""):
             host = "127.0.0.1"
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.ssl_certfile else 'http'}://{host}:{self.port}"
 
     async def start(self) -> None:
         if self._task is not None:
@@ -121,6 +124,8 @@ class ApiServer:
             timeout_graceful_shutdown=max(1, int(round(self.grace))),
             timeout_keep_alive=5,
             limit_concurrency=200,
+            ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile,
         )
         server = self._server = _Server(config)
         self._task = asyncio.create_task(server.serve(sockets=sockets), name="pgwarden-api")
