@@ -247,3 +247,25 @@ def test_asyncpg_ticket_with_binary_parameters(env, pg):
 
     request_id = asyncio.run(run())
     assert env.get(request_id).status == "executed" and value(pg, "ticket_items", 2) == "binary"
+
+
+def test_a_statement_name_reparsed_across_a_sync_cannot_smuggle_the_old_text(env, pg):
+    """Parse s = <review text> (passes: nothing runs at Parse), then pipelined: Parse s = SELECT 1 (PostgreSQL
+    refuses it: s exists), Sync, Bind s, Execute, Sync. Checked as SELECT 1, the Execute would run the UPDATE."""
+    from pgwarden.wire import encode
+
+    from rawclient import RawClient
+
+    bind = encode.message(b"B", b"\x00s1\x00" + b"\x00\x00" + b"\x00\x00" + b"\x00\x00")
+    execute = encode.message(b"E", b"\x00" + b"\x00\x00\x00\x00")
+    with RawClient(env.gw.host, env.gw.port) as raw:
+        raw.login(GW_USER, GW_PASSWORD)
+        raw.send(encode.parse("s1", "UPDATE ap.hold_items SET name = 'smuggled' WHERE id = 1") + encode.sync())
+        assert [t for t, _ in raw.read_until(b"Z")] == [b"1", b"Z"]
+        raw.send(encode.parse("s1", "SELECT 1") + encode.sync() + bind + execute + encode.sync())
+        replies = raw.read_until(b"Z") + raw.read_until(b"Z")
+    errors_seen = [body for t, body in replies if t == b"E"]
+    assert len(errors_seen) == 2, replies  # 42P05 from PostgreSQL, then pgwarden's refusal of the Execute
+    assert b"55000" in errors_seen[1] and b"being replaced" in errors_seen[1]
+    assert value(pg, "hold_items", 1) != "smuggled"
+    assert not [r for r in env.requests() if "smuggled" in r.statement]

@@ -283,7 +283,8 @@ def client_data(self, data):
     cdef int overflow
     cdef bint checked = False
     framer = self._client
-    if framer._chunks or self._queue or self._held is not None or self._discarding or self.closed:
+    if framer._chunks or self._queue or self._held is not None or self._discarding or self.closed \
+            or self._replacing:
         self._client_data_general(data)
         return
     limit = framer.max_size
@@ -415,11 +416,15 @@ def client_data(self, data):
                 if verdict is not ALLOW:
                     self._fast_exit(buf, pos, stop, stmt, verdict)
                     return
+                name = stmt.statement_name or ""
+                prepared = self._prepared
+                if name and name in prepared:
+                    # Re-using a name: the general path tracks the replacement (see relay._apply).
+                    self._fast_exit(buf, pos, stop, stmt, verdict)
+                    return
                 stmt.verdict = verdict
                 if self._timing:
                     stmt.mark_started()
-                name = stmt.statement_name or ""
-                prepared = self._prepared
                 _deque_append(pending, (K_PARSE, stmt, None, (prepared, name, prepared.get(name, _MISSING))))
                 prepared[name] = (stmt.text or "", stmt.param_types)
             else:

@@ -45,7 +45,8 @@ class ClientFastPath:
         else goes to the general path from the first message the loop does not handle.
         """
         framer = self._client
-        if framer._chunks or self._queue or self._held is not None or self._discarding or self.closed:
+        if framer._chunks or self._queue or self._held is not None or self._discarding or self.closed \
+                or self._replacing:
             self._client_data_general(data)
             return
         buf = data if data.__class__ is bytes else bytes(data)
@@ -167,11 +168,15 @@ class ClientFastPath:
                     if verdict is not ALLOW:
                         self._fast_exit(buf, pos, stop, stmt, verdict)
                         return
+                    name = stmt.statement_name or ""
+                    prepared = self._prepared
+                    if name and name in prepared:
+                        # Re-using a name: the general path tracks the replacement (see _apply).
+                        self._fast_exit(buf, pos, stop, stmt, verdict)
+                        return
                     stmt.verdict = verdict
                     if self._timing:
                         stmt.mark_started()
-                    name = stmt.statement_name or ""
-                    prepared = self._prepared
                     pending.append((_PARSE, stmt, None, (prepared, name, prepared.get(name, _MISSING))))
                     prepared[name] = (stmt.text or "", stmt.param_types)
                 else:

@@ -136,6 +136,9 @@ class Relay(ClientFastPath, ReplyTracker):
         self._prepared: dict[str, tuple[str, tuple[int, ...]]] = {}
         self._portals: dict[str, tuple] = {}
         self._discarding = False
+        # Named statements re-Parsed while the relay's view still had the name, until the
+        # server answers that Parse (name -> the Parse): see _apply and _on_execute.
+        self._replacing: dict[str, Statement] = {}
         # The last Bind's "portal\0statement\0" bytes and their decoded names
         # (a Bind whose body starts with the key has exactly those names).
         self._bind_key = b"\x00\x00"
@@ -186,6 +189,8 @@ class Relay(ClientFastPath, ReplyTracker):
     # --------------------------------------------------------- client -> server
 
     def _client_data_general(self, data: bytes) -> None:
+        if self._replacing:
+            self._replacing = {k: v for k, v in self._replacing.items() if v.status == "pending"}
         buf, frames = self._client.feed(data)
         if not frames:
             return
@@ -342,6 +347,18 @@ class Relay(ClientFastPath, ReplyTracker):
                 param_types=param_types,
                 bind_body=bind_body,
             )
+            replacing = self._replacing.get(statement_name or "") if self._replacing else None
+            if replacing is not None and replacing.status == "pending" and replacing.request != stmt.request:
+                deny = Deny(
+                    f'pgwarden: prepared statement "{statement_name}" is being replaced and PostgreSQL has not '
+                    "answered that Parse yet; this Execute was not run",
+                    SQLState.OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    rule="protocol.statement_replaced",
+                    hint="Wait for the result of the Parse (a Sync) before executing the statement again.",
+                )
+                stmt.verdict = deny
+                self._send_poison(stmt, deny)
+                return
         self._decide(stmt, (buf, start, stop), 0)
 
     def _on_close(self, buf: bytes, start: int, stop: int) -> None:
@@ -442,6 +459,12 @@ class Relay(ClientFastPath, ReplyTracker):
             # the undo entry restores the previous view when it does.
             name = stmt.statement_name or ""
             undo = (self._prepared, name, self._prepared.get(name, _MISSING))
+            if name and undo[2] is not _MISSING:
+                # PostgreSQL refuses a Parse of a name it still has (42P05), unless an SQL
+                # DEALLOCATE the relay cannot see dropped it: until the answer arrives the
+                # name means one of two texts, and an Execute after a Sync could run the
+                # old one while being checked as the new one (_on_execute refuses that).
+                self._replacing[name] = stmt
             self._prepared[name] = (stmt.text or "", stmt.param_types)
             self._pending.append((_PARSE, stmt, None, undo))
 
