@@ -269,3 +269,25 @@ def test_a_statement_name_reparsed_across_a_sync_cannot_smuggle_the_old_text(env
     assert b"55000" in errors_seen[1] and b"being replaced" in errors_seen[1]
     assert value(pg, "hold_items", 1) != "smuggled"
     assert not [r for r in env.requests() if "smuggled" in r.statement]
+
+
+def test_sessions_show_json_carries_the_approval(env, pg):
+    import json
+    import sys
+
+    sql = "UPDATE ap.ticket_items SET name = %s WHERE id = %s"
+    with alice(env, application_name="approval-json") as conn:
+        request = request_id_of(ticket_refusal(conn, sql, ("json", 1)))
+        env.decide(request, "approve")
+        assert conn.execute(sql, ("json", 1)).rowcount == 1
+    records = env.wait_records(lambda r: r["type"] == "statement" and (r.get("approval") or {}).get("request") == request
+                               and r["decision"]["action"] == "allow", "the approved statement")
+    session = records[0]["session"]
+    env.gw.call(env.gw.gateway.audit_writer.flush)
+    shown = subprocess.run([sys.executable, "-m", "pgwarden", "sessions", "show", session, "--json",
+                            "--config", str(env.config_file)], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    events = json.loads(shown.stdout)["events"]
+    ran = [e for e in events if e["type"] == "statement" and (e.get("approval") or {}).get("status") == "executed"]
+    assert ran and ran[0]["approval"]["request"] == request and ran[0]["approval"]["decisions"][0]["action"] == "approve"
+    assert any(e["type"] == "approval" and e["fields"]["event"] == "requested" for e in events)

@@ -312,7 +312,15 @@ class ApprovalBroker:
             if events:
                 requests = await self.store.get_many(sorted({e.request for e in events}))
                 for event in events:
-                    self._record(requests.get(event.request), [event])
+                    request = requests.get(event.request)
+                    self._record(request, [event])
+                    # Decisions made through the CLI: their webhooks go out from here (once:
+                    # each event is claimed by one gateway).
+                    if request is not None and self.service is not None:
+                        if event.kind == "deny":
+                            self.service.notify("denied", request)
+                        elif event.kind == "approve" and event.fields.get("status") == "approved":
+                            self.service.notify("approved", request)
         if self._waiters:
             found = await self.store.get_many(list(self._waiters))
             for request_id, request in found.items():

@@ -158,6 +158,7 @@ class Event:
     statement_name: str | None = None
     portal_name: str | None = None
     decision: dict[str, Any] | None = None
+    approval: dict[str, Any] | None = None  # the approval request that let it run or refused it
     result: ResultView | None = None
     text_from: int | None = None  # an Execute's text was taken from the Parse record with this seq
     detail: str = ""
@@ -169,7 +170,7 @@ class Event:
             data.update(
                 n=self.n, kind=self.kind, protocol=self.protocol, text=self.text, params=self.params,
                 param_types=self.param_types, statement_name=self.statement_name, portal_name=self.portal_name,
-                text_from=self.text_from, decision=self.decision, result=self.result.as_dict() if self.result else None,
+                text_from=self.text_from, decision=self.decision, approval=self.approval, result=self.result.as_dict() if self.result else None,
             )
         else:
             data.update(n=self.n, detail=self.detail, fields=self.fields)
@@ -236,6 +237,7 @@ def build_transcript(summary: SessionSummary, bodies: list[tuple[int, str, str, 
                 text=fields.get("text"), params=param_texts(fields["params"]) if "params" in fields else None,
                 param_types=fields.get("param_types"), statement_name=fields.get("statement_name"),
                 portal_name=fields.get("portal_name"), decision=fields.get("decision") or None,
+                approval=fields.get("approval") if isinstance(fields.get("approval"), dict) else None,
             )
             if event.kind == "parse":
                 parsed[event.statement_name or ""] = event
