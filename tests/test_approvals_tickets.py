@@ -81,7 +81,7 @@ def test_ticket_after_its_validity_is_refused(env, pg):
     assert value(pg, "expiry_items", 1) == "a"
 
 
-def test_ticket_survives_a_gateway_restart_and_webhooks_and_api(pg, gw_users, tmp_path):
+def test_ticket_survives_a_gateway_restart_and_webhooks_announce_it(env, pg, gw_users, tmp_path):
     import http.server
     import json as jsonlib
 
@@ -121,6 +121,9 @@ def test_ticket_survives_a_gateway_restart_and_webhooks_and_api(pg, gw_users, tm
             # The CLI's decision (made while no gateway ran) is now in the chain.
             env.wait_records(lambda r: r["type"] == "approval" and r["request"] == request and r["event"] == "approve",
                              "the CLI decision")
+            # ... and announced by the gateway that chained it.
+            wait_until(lambda: any(m["event"] == "approved" and m["request"]["id"] == request for m in received),
+                       "the approved webhook")
         finally:
             gw.__exit__(None, None, None)
     finally:
