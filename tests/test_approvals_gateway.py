@@ -59,6 +59,7 @@ def test_hold_then_approve_runs_once_and_the_trail_links_it(env, pg):
     assert "need a second pair of eyes" in request.reason
     wait_until(lambda: notices, "the hold notice")  # the client is told at once, before any decision
     assert request.id in notices[0] and "pgwarden approvals approve" in notices[0]
+    assert "need a second pair of eyes" in notices[0]  # the rule's reason
     assert value(pg, "hold_items", 1) == "a"  # nothing ran yet
     decided = env.decide(request.id, "approve", comment="ticket OPS-1")
     assert decided.status == "approved"

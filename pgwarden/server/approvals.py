@@ -124,8 +124,9 @@ class ApprovalBroker:
             how += f" (or POST {self.links(request.id)['approve']})"
         reviewers = ", ".join(request.reviewer_roles) or "the local admin"
         count = f"{request.required} approvals" if request.required > 1 else "approval"
+        why = f": {request.reason}" if request.reason else ""
         return (
-            f"pgwarden: statement held for {count} (rule {request.rule}): request {request.id}; "
+            f"pgwarden: statement held for {count} (rule {request.rule}{why}): request {request.id}; "
             f"reviewers: {reviewers}; waiting up to {_duration(request.expires_at - request.created_at)}. "
             f"Approve with: {how}"
         )
