@@ -170,7 +170,9 @@ def test_postgres_store_a_decision_through_one_gateway_releases_a_hold_on_anothe
     identity = {"identity": {"api_keys_file": keys_file}}
     gw_a, env_a = start_env(pg, tmp_path / "a", gw_users, {**store, **identity, "api": {"enabled": True, "port": 0}})
     try:
-        gw_b, env_b = start_env(pg, tmp_path / "b", gw_users, {**store, **identity})
+        # Gateway B learns of the decision through LISTEN (its polls are 10 s apart).
+        gw_b, env_b = start_env(pg, tmp_path / "b", gw_users, {**store, **identity}, poll_interval=10)
+        assert gw_b.gateway.approvals.store.listening
         try:
             dba = env_a.key("dba-api", ["dba"])
             c = Client(lambda: alice(env_b).execute("UPDATE ap.hold_items SET name = 'cross' WHERE id = 2").rowcount)

@@ -73,6 +73,7 @@ class ApprovalBroker:
         self.service = ApprovalService(
             self.config, self.store, recorder=self.recorder, notifier=self.notifier, on_change=self._changed
         )
+        await self._listen()
         self._poller = asyncio.get_running_loop().create_task(self._poll_forever(), name="approvals-poller")
         if self.config.api.enabled:
             from ..web.api import build_app
@@ -294,10 +295,38 @@ class ApprovalBroker:
         if future is not None and not future.done() and request.status not in ("pending",):
             future.set_result(request)
 
+    async def _listen(self) -> None:
+        """With the PostgreSQL store: LISTEN, so a decision made anywhere releases a hold at once
+        (polling stays on and covers a lost listener, which is re-opened on the next poll)."""
+        listen = getattr(self.store, "listen", None)
+        if listen is None:
+            return
+        try:
+            await listen(self._notified)
+        except Exception as exc:
+            log.warning("approvals: LISTEN failed, polling only: %s", exc, extra={"event": "approvals_listen_failed"})
+
+    def _notified(self, request_id: str) -> None:
+        if request_id in self._waiters:
+            self._spawn(self._check(request_id), f"approval-check[{request_id}]")
+
+    async def _check(self, request_id: str) -> None:
+        try:
+            await self._chain_unchained()  # a CLI decision goes into the chain before the execution
+            found = await self.store.get_many([request_id])
+        except Exception as exc:
+            log.warning("approval check failed: %s", exc)
+            return
+        request = found.get(request_id)
+        if request is not None and request.status != "pending":
+            self._changed(request)
+
     async def _poll_forever(self) -> None:
         interval = self.config.approvals.poll_interval
         while True:
             await asyncio.sleep(interval)
+            if getattr(self.store, "listening", True) is False and self._polls % _EXPIRE_EVERY == 0:
+                await self._listen()
             try:
                 await self.poll_once()
             except asyncio.CancelledError:
@@ -308,6 +337,19 @@ class ApprovalBroker:
     async def poll_once(self) -> None:
         self._polls += 1
         # Chain decisions made elsewhere first, so the trail has "approve" before "executed".
+        await self._chain_unchained()
+        if self._waiters:
+            found = await self.store.get_many(list(self._waiters))
+            for request_id, request in found.items():
+                if request.status != "pending":
+                    self._changed(request)
+        if self._polls % _EXPIRE_EVERY == 0:
+            for updated, event in await self.store.expire_due(time.time(), chained=True):
+                self._record(updated, [event])
+                if self.service is not None:
+                    self.service.notify("expired", updated)
+
+    async def _chain_unchained(self) -> None:
         if self.recorder is not None:
             events = await self.store.claim_unchained()
             if events:
@@ -322,16 +364,6 @@ class ApprovalBroker:
                             self.service.notify("denied", request)
                         elif event.kind == "approve" and event.fields.get("status") == "approved":
                             self.service.notify("approved", request)
-        if self._waiters:
-            found = await self.store.get_many(list(self._waiters))
-            for request_id, request in found.items():
-                if request.status != "pending":
-                    self._changed(request)
-        if self._polls % _EXPIRE_EVERY == 0:
-            for updated, event in await self.store.expire_due(time.time(), chained=True):
-                self._record(updated, [event])
-                if self.service is not None:
-                    self.service.notify("expired", updated)
 
     # ------------------------------------------------------------ helpers
 

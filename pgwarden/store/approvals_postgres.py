@@ -103,6 +103,7 @@ class PostgresApprovalStore(ApprovalStore):
         self._s = self._audit._s
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()
+        self._listener: asyncpg.Connection | None = None
 
     # ------------------------------------------------------------ connections and transactions
 
@@ -227,7 +228,34 @@ class PostgresApprovalStore(ApprovalStore):
                     raise
                 raise self._error("cannot open the approvals", exc) from None
 
+    async def listen(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(request id)`` on every change any process makes (LISTEN on its own
+        connection). Best effort: a gateway still polls, this only makes it prompt."""
+        await self.unlisten()
+        try:
+            conn = await asyncpg.connect(
+                self._audit._uri, timeout=self.timeout,
+                server_settings={"application_name": "pgwarden-approvals-listen"},
+            )
+            await conn.add_listener(CHANNEL, lambda _c, _pid, _channel, payload: callback(payload))
+        except Exception as exc:
+            raise self._error("cannot listen for approval changes", exc) from None
+        self._listener = conn
+
+    @property
+    def listening(self) -> bool:
+        return self._listener is not None and not self._listener.is_closed()
+
+    async def unlisten(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await conn.close(timeout=5)
+            except Exception:
+                conn.terminate()
+
     async def close(self) -> None:
+        await self.unlisten()
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             try:
