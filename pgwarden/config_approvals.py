@@ -103,6 +103,9 @@ class ApprovalsConfig(_Strict):
     timeout: float = 600.0
     # How long an approved ticket may be used (ticket mode).
     validity: float = 900.0
+    # Open (pending) requests one requester may have; more are refused (53400), so a
+    # client cannot flood reviewers, the trail and the webhooks.
+    max_pending_per_requester: Annotated[int, Field(ge=1, le=10000)] = 20
     # How often a gateway looks for decisions made elsewhere (CLI, another gateway).
     poll_interval: Annotated[float, Field(gt=0, le=10)] = 0.5
     # Base URL of the reviewer API in notices and webhooks (default: from api.host/port).

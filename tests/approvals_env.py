@@ -47,6 +47,7 @@ def config_data(pg, data_dir: Path, users: list[dict], **approvals: Any) -> dict
         "enabled": True,
         "reviewer_roles": ["dba"],
         "poll_interval": 0.05,
+        "max_pending_per_requester": 25,
         "policies": [
             {"name": "tickets", "rules": ["review-ticket_items"], "mode": "ticket", "validity": "1h", "timeout": "1h"},
             {"name": "two-person", "rules": ["review-two_items"], "approvals": 2},

@@ -296,6 +296,7 @@ def test_bad_bodies(env):
             (b"not json", 400, "bad_request"),
             (b"[1, 2]", 400, "bad_request"),
             (b"\xff\xfe", 400, "bad_request"),
+            (b"[" * 60000, 400, "bad_request"),  # nested past the recursion limit: a 400, not a 500
             (b'{"comment": 5}', 400, "bad_comment"),
             (b'{"comment": null}', 400, "bad_comment"),
             (b'{"comment": "' + b"x" * 2001 + b'"}', 400, "bad_comment"),

@@ -296,3 +296,83 @@ def test_sessions_show_json_carries_the_approval(env, pg):
     ran = [e for e in events if e["type"] == "statement" and (e.get("approval") or {}).get("status") == "executed"]
     assert ran and ran[0]["approval"]["request"] == request and ran[0]["approval"]["decisions"][0]["action"] == "approve"
     assert any(e["type"] == "approval" and e["fields"]["event"] == "requested" for e in events)
+
+
+def _exec_prepared(conn, name: str, *params: str):
+    """Bind/Execute a named statement through libpq (the protocol path drivers use)."""
+    result = conn.pgconn.exec_prepared(name.encode(), [p.encode() for p in params])
+    return result.status, (result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) or b"").decode(), \
+        result.command_tuples
+
+
+def test_sql_prepare_behind_a_protocol_name_is_decided_on_what_runs(env, pg):
+    """DEALLOCATE + SQL PREPARE re-use a protocol-prepared name: the Execute is decided on the new
+    statement (review), not on the text the name had at its Parse."""
+    with alice(env) as conn:
+        assert conn.pgconn.prepare(b"swap", b"SELECT $1::int AS n", None).status == psycopg.pq.ExecStatus.COMMAND_OK
+        assert _exec_prepared(conn, "swap", "1")[0] == psycopg.pq.ExecStatus.TUPLES_OK
+        conn.execute("DEALLOCATE swap")
+        conn.execute("PREPARE swap(int) AS UPDATE ap.hold_items SET name = 'swapped' WHERE id = $1")
+        seen = {r.id for r in env.requests()}
+        c = Client(lambda: _exec_prepared(conn, "swap", "1"))  # held: it is the UPDATE that is decided
+        request = env.wait_for(lambda r: r.id not in seen, "a request for the swapped statement")
+        assert "'swap'" in request.statement and "prepared statement swap" in request.reason
+        env.decide(request.id, "deny")
+        status, sqlstate, _ = c.outcome()[0]
+        assert sqlstate == "42501"
+    assert value(pg, "hold_items", 1) != "swapped"
+
+
+def test_a_failed_protocol_parse_does_not_change_what_a_name_means(env, pg):
+    """SQL PREPARE s AS <review>; protocol Parse s AS SELECT (PostgreSQL refuses: s exists); Execute s runs
+    the SQL-prepared statement, so it is the one decided."""
+    with alice(env) as conn:
+        conn.execute("PREPARE keep(int) AS UPDATE ap.ticket_items SET name = 'kept' WHERE id = $1")
+        failed = conn.pgconn.prepare(b"keep", b"SELECT $1::int AS n", None)
+        assert failed.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"42P05"
+        status, sqlstate, _ = _exec_prepared(conn, "keep", "2")
+        # The SQL-prepared UPDATE (not the refused SELECT) is decided: a ticket cannot pin a
+        # statement whose text the client never sent, so it is refused outright.
+        assert sqlstate == "42501", (status, sqlstate)
+    assert value(pg, "ticket_items", 2) != "kept"
+
+
+def test_an_execute_pipelined_behind_sql_deallocate_and_prepare_is_refused(env, pg):
+    """Query(DEALLOCATE s; PREPARE s AS <review>) and, before its answer, Bind s / Execute / Sync: until
+    PostgreSQL answers, s may be either statement, so the Execute is refused."""
+    from pgwarden.wire import encode
+
+    from rawclient import RawClient
+
+    bind = encode.message(b"B", b"\x00pipe\x00" + b"\x00\x00" + b"\x00\x01\x00\x00\x00\x011" + b"\x00\x00")
+    execute = encode.message(b"E", b"\x00" + b"\x00\x00\x00\x00")
+    with RawClient(env.gw.host, env.gw.port) as raw:
+        raw.login(GW_USER, GW_PASSWORD)
+        raw.send(encode.parse("pipe", "SELECT $1::int AS n") + encode.sync())
+        assert [t for t, _ in raw.read_until(b"Z")] == [b"1", b"Z"]
+        raw.send(encode.query("DEALLOCATE pipe; PREPARE pipe(int) AS UPDATE ap.hold_items SET name = 'piped' "
+                              "WHERE id = $1") + bind + execute + encode.sync())
+        replies = raw.read_until(b"Z") + raw.read_until(b"Z")
+    refusals = [body for t, body in replies if t == b"E"]
+    assert len(refusals) == 1 and b"55000" in refusals[0] and b"being replaced" in refusals[0], replies
+    assert value(pg, "hold_items", 1) != "piped"
+
+
+def test_one_requester_cannot_flood_the_reviewers(env, pg):
+    sql = "UPDATE ap.ticket_items SET name = %s WHERE id = 1"
+    with alice(env) as conn:
+        for n in range(40):
+            try:
+                conn.execute(sql, (f"flood-{n}",))
+            except psycopg.Error as exc:
+                if exc.sqlstate == "53400":
+                    assert "already has 25 approval requests waiting" in exc.diag.message_primary
+                    break
+                assert exc.sqlstate == "PW001", exc
+        else:
+            pytest.fail("the 26th pending request was accepted")
+        assert conn.execute("select 1").fetchone() == (1,)
+    mine = [r for r in env.requests("pending") if r.requester == "alice"]
+    assert len(mine) == 25
+    for request in mine:  # leave the queue empty for whoever runs next
+        env.decide(request.id, "deny")

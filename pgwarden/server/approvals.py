@@ -108,6 +108,22 @@ class ApprovalBroker:
             await self.notifier.stop()
         await self.store.close()
 
+    async def _transition(self, change, notify: str | None, name: str):
+        """Run a store transition (``change()`` -> (request, event) or None) and write its audit
+        record and webhook in a task of the broker's own: a client that cancels while it runs
+        stops waiting for it, not the transition, so the store and the chain never disagree."""
+
+        async def run():
+            result = await change()
+            if result is not None:
+                updated, event = result
+                self._record(updated, [event])
+                if notify is not None and self.service is not None:
+                    self.service.notify(notify, updated)
+            return result
+
+        return await asyncio.shield(self._spawn(run(), name))
+
     def _spawn(self, coro, name: str) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
@@ -144,8 +160,29 @@ class ApprovalBroker:
         finally:
             created.set()
 
+    async def _too_many(self, request: ApprovalRequest) -> Deny | None:
+        cap = self.config.approvals.max_pending_per_requester
+        pending = await self.store.list("pending", 1000)
+        if sum(1 for r in pending if r.requester == request.requester) < cap:
+            return None
+        log.warning("approval request by %s refused: %d pending already", request.requester, cap,
+                    extra={"event": "approvals_too_many"})
+        return Deny(
+            f"pgwarden: {request.requester} already has {cap} approval requests waiting; "
+            "this statement was not submitted for review",
+            "53400",
+            rule="approvals.too_many",
+            hint="Wait for the pending requests to be decided (pgwarden approvals list), or withdraw them.",
+        )
+
     async def hold(self, statement: Statement, request: ApprovalRequest) -> Verdict:
         """Hold mode: wait for the decision (or the timeout) and return the verdict."""
+        try:
+            refusal = await self._too_many(request)
+        except Exception as exc:
+            return self._store_failed(statement, request, exc)
+        if refusal is not None:
+            return refusal
         loop = asyncio.get_running_loop()
         future = self._waiters[request.id] = loop.create_future()
         try:
@@ -167,32 +204,31 @@ class ApprovalBroker:
             self._created.pop(request.id, None)
 
     async def _expire(self, request: ApprovalRequest) -> ApprovalRequest:
-        closed = await self.store.close_request(
-            request.id, "expired", "timeout", f"no decision within {_duration(request.expires_at - request.created_at)}",
-            time.time(), from_statuses=("pending",), chained=True,
+        closed = await self._transition(
+            lambda: self.store.close_request(
+                request.id, "expired", "timeout",
+                f"no decision within {_duration(request.expires_at - request.created_at)}",
+                time.time(), from_statuses=("pending",), chained=True,
+            ),
+            "expired", f"approval-expire[{request.id}]",
         )
         if closed is None:  # decided just now: take that
             current = await self.store.get(request.id)
             return current or request
-        updated, event = closed
-        self._record(updated, [event])
-        if self.service is not None:
-            self.service.notify("expired", updated)
-        return updated
+        return closed[0]
 
     async def _verdict_for(self, statement: Statement, request: ApprovalRequest) -> Verdict:
         info = statement.session
         if request.status == "approved":
-            closed = await self.store.close_request(
-                request.id, "executed", info.id, "released to the held session", time.time(),
-                from_statuses=("approved",), session=info.id, chained=True,
+            closed = await self._transition(
+                lambda: self.store.close_request(
+                    request.id, "executed", info.id, "released to the held session", time.time(),
+                    from_statuses=("approved",), session=info.id, chained=True,
+                ),
+                "executed", f"approval-execute[{request.id}]",
             )
             if closed is not None:
-                updated, event = closed
-                self._record(updated, [event])
-                if self.service is not None:
-                    self.service.notify("executed", updated)
-                statement.approval = _approval_field(updated)
+                statement.approval = _approval_field(closed[0])
                 return ALLOW
             request = await self.store.get(request.id) or request
         statement.approval = _approval_field(request)
@@ -224,21 +260,22 @@ class ApprovalBroker:
         """Ticket mode: run an approved ticket once, or refuse at once with the request id."""
         info = statement.session
         try:
-            consumed = await self.store.consume(
-                request.requester, request.fingerprint, time.time(), info.id, chained=True
+            consumed = await self._transition(
+                lambda: self.store.consume(request.requester, request.fingerprint, time.time(), info.id, chained=True),
+                "executed", f"approval-consume[{request.id}]",
             )
             if consumed is not None:
-                updated, event = consumed
-                self._record(updated, [event])
-                if self.service is not None:
-                    self.service.notify("executed", updated)
+                updated = consumed[0]
                 statement.approval = _approval_field(updated)
                 log.info("approval ticket %s used by session %s", updated.id, info.id,
                          extra={"event": "approval_executed", "request": updated.id})
                 return ALLOW
             pending = await self.store.find_pending(request.requester, request.fingerprint, time.time())
             if pending is None:
-                await self._create(request)
+                refusal = await self._too_many(request)
+                if refusal is not None:
+                    return refusal
+                await asyncio.shield(self._spawn(self._create(request), f"approval-create[{request.id}]"))
                 pending = request
                 fresh = True
             else:

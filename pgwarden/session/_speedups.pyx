@@ -389,7 +389,8 @@ def client_data(self, data):
                     verdict = self._evaluate(stmt, 0)
                 except Exception as exc:
                     verdict = self._stage_failed(stmt, exc)
-                if verdict is not ALLOW:
+                if verdict is not ALLOW or self._replacing:
+                    # (an allowed PREPARE/DEALLOCATE makes names uncertain: see fastpath.py)
                     self._fast_exit(buf, pos, stop, stmt, verdict)
                     return
                 stmt.verdict = verdict

@@ -141,7 +141,9 @@ class ClientFastPath:
                         verdict = self._evaluate(stmt, 0)
                     except Exception as exc:
                         verdict = self._stage_failed(stmt, exc)
-                    if verdict is not ALLOW:
+                    if verdict is not ALLOW or self._replacing:
+                        # (An allowed PREPARE/DEALLOCATE makes names uncertain: the rest of
+                        # the chunk takes the general path, which checks Executes.)
                         self._fast_exit(buf, pos, stop, stmt, verdict)
                         return
                     stmt.verdict = verdict

@@ -122,6 +122,7 @@ class Relay(ClientFastPath, ReplyTracker):
         capturing: bool = False,
     ) -> None:
         self.session = session
+        session.extra["on_prepared_change"] = self._prepared_changing
         self._evaluate = evaluate
         self._completed = completed
         self._rewrite_parameter = rewrite_parameter
@@ -136,9 +137,12 @@ class Relay(ClientFastPath, ReplyTracker):
         self._prepared: dict[str, tuple[str, tuple[int, ...]]] = {}
         self._portals: dict[str, tuple] = {}
         self._discarding = False
-        # Named statements re-Parsed while the relay's view still had the name, until the
-        # server answers that Parse (name -> the Parse): see _apply and _on_execute.
+        # Statement names whose meaning is uncertain until PostgreSQL answers the statement
+        # that changes them (name -> that statement; "*" for all): a named Parse of a name
+        # the relay still has, and SQL PREPARE / DEALLOCATE / DISCARD ALL (which the
+        # guardrails stage reports through ``on_prepared_change``). See _on_execute.
         self._replacing: dict[str, Statement] = {}
+        self._sql_changes: list[tuple[Statement, list[tuple[str, str]]]] = []
         # The last Bind's "portal\0statement\0" bytes and their decoded names
         # (a Bind whose body starts with the key has exactly those names).
         self._bind_key = b"\x00\x00"
@@ -190,7 +194,7 @@ class Relay(ClientFastPath, ReplyTracker):
 
     def _client_data_general(self, data: bytes) -> None:
         if self._replacing:
-            self._replacing = {k: v for k, v in self._replacing.items() if v.status == "pending"}
+            self._settle_names()
         buf, frames = self._client.feed(data)
         if not frames:
             return
@@ -209,6 +213,40 @@ class Relay(ClientFastPath, ReplyTracker):
                 break
             self._client_message(t, buf, start, stop)
         self._end_span()
+
+    def _prepared_changing(self, stmt: Statement, changes: list[tuple[str, str]]) -> None:
+        """The guardrails stage allowed SQL that prepares or deallocates ``changes`` names."""
+        self._sql_changes.append((stmt, changes))
+        for _action, name in changes:
+            self._replacing[name] = stmt
+
+    def _settle_names(self) -> None:
+        """Apply what answered statements did to statement names; keep the rest uncertain.
+
+        An SQL PREPARE makes a name exist with a text only the guardrails stage
+        knows (the relay keeps no text, so an Execute of it is decided on those
+        facts); DEALLOCATE drops it. They are applied once PostgreSQL answered,
+        whatever the outcome: a failed string may have run part of itself, and
+        a name without a text is decided strictly or refused, never guessed.
+        """
+        if self._sql_changes:
+            keep = []
+            for stmt, changes in self._sql_changes:
+                if stmt.status == "pending":
+                    keep.append((stmt, changes))
+                    continue
+                for action, name in changes:
+                    if name == "*":
+                        unnamed = self._prepared.get("")
+                        self._prepared.clear()
+                        if unnamed is not None:
+                            self._prepared[""] = unnamed
+                    elif action == "prepare":
+                        self._prepared[name] = (None, ())
+                    else:
+                        self._prepared.pop(name, None)
+            self._sql_changes = keep
+        self._replacing = {k: v for k, v in self._replacing.items() if v.status == "pending"}
 
     def _drain_queue(self) -> None:
         queue = self._queue
@@ -347,7 +385,11 @@ class Relay(ClientFastPath, ReplyTracker):
                 param_types=param_types,
                 bind_body=bind_body,
             )
-            replacing = self._replacing.get(statement_name or "") if self._replacing else None
+            replacing = None
+            if self._replacing:
+                replacing = self._replacing.get(statement_name or "")
+                if replacing is None or replacing.status != "pending" or replacing.request == stmt.request:
+                    replacing = self._replacing.get("*")
             if replacing is not None and replacing.status == "pending" and replacing.request != stmt.request:
                 deny = Deny(
                     f'pgwarden: prepared statement "{statement_name}" is being replaced and PostgreSQL has not '

@@ -197,7 +197,7 @@ async def _comment(request: Request) -> str:
         return ""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[…" nested past Python's limit
         raise ApiError(400, "bad_request", "the body must be JSON: {\"comment\": \"...\"}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "bad_request", "the body must be a JSON object: {\"comment\": \"...\"}")

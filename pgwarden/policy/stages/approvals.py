@@ -85,8 +85,8 @@ class ApprovalsStage:
             return None
         if statement.kind == Kind.PARSE:
             return None  # nothing runs at Parse; the Execute is reviewed with its parameters
-        if decision.facts and all(f.prepare is not None for f in decision.facts):
-            return None  # PREPARE runs nothing; EXECUTE is reviewed
+        if decision.facts and all(f.prepare is not None or f.deallocate is not None for f in decision.facts):
+            return None  # PREPARE (and DEALLOCATE) run nothing; EXECUTE is reviewed
         info = statement.session
         identity = info.extra.get("identity")
         requester = getattr(identity, "subject", None) or info.user
@@ -95,9 +95,16 @@ class ApprovalsStage:
         rule = decision.rule or "default"
         settings = self.config.approvals.settings_for(rule, role, requester)
         params = _param_list(statement)
-        text = statement.text or ""
         reason = decision.message or ""
-        executes = self._executes(text)
+        if statement.text is None:
+            # A protocol Execute of a name prepared with SQL PREPARE: the client never sent
+            # the text with it, so, like SQL EXECUTE, it cannot be pinned by a ticket.
+            name = statement.statement_name or ""
+            executes = [name]
+            text = f"-- protocol Execute of {name!r}, prepared with SQL PREPARE"
+        else:
+            text = statement.text
+            executes = self._executes(text)
         if executes:
             if settings.mode == "ticket":
                 # A ticket pins the text, and "EXECUTE name" says nothing about what runs:

@@ -3,11 +3,15 @@
 Per statement: the shared, cached analysis (``policy.analysis``), then the
 compiled policy (``policy.rules``). What the stage adds is the session's view:
 
-* **Prepared statements.** ``PREPARE name AS …`` and named protocol-level
-  Parse messages are remembered (name -> facts) when allowed, so ``EXECUTE
-  name`` is decided on what it actually runs; ``DEALLOCATE`` and ``DISCARD
-  ALL`` forget. An ``EXECUTE`` of a name pgwarden never saw is refused (26000):
-  pgwarden cannot vouch for it.
+* **Prepared statements.** ``PREPARE name AS …`` is remembered (name ->
+  facts) when allowed, so ``EXECUTE name`` (and a protocol Execute of that
+  name, which carries no text) is decided on what it actually runs;
+  ``DEALLOCATE`` and ``DISCARD ALL`` forget, and the relay is told
+  (``on_prepared_change``) so it treats those names as uncertain until
+  PostgreSQL answers. Protocol-level Parse texts are the relay's alone (it
+  corrects them from PostgreSQL's answers; an Execute carries its text), so an
+  SQL ``EXECUTE`` of a Parse'd name, like one of a name pgwarden never saw, is
+  refused (26000): pgwarden cannot vouch for it.
 * **search_path.** Every path the session may be using (startup parameter,
   each ``SET search_path``) is kept; rules resolve unqualified names against
   all of them (see ``rules.SessionContext``). It only ever grows, because a
@@ -136,11 +140,8 @@ class GuardrailsStage:
             if cached is not None and cached[0] is analysis:
                 decision = cached[1]
                 statement.decision = decision
-                if decision.action == ALLOW or (decision.action == REVIEW and self.defer_review):
-                    if statement.kind == Kind.PARSE and statement.statement_name:
-                        state.prepared[statement.statement_name] = analysis.statements[0]
-                    if decision.action == ALLOW:
-                        return None
+                if decision.action == ALLOW:
+                    return None
                 return self._verdict(statement, decision)
         if statement.kind == Kind.FUNCTION_CALL:
             return None  # refused by the relay itself
@@ -283,16 +284,25 @@ class GuardrailsStage:
     # ------------------------------------------------------------ session effects
 
     def _apply_effects(self, state: _SessionState, statement: Statement, statements) -> None:
-        if statement.kind == Kind.PARSE and statement.statement_name and len(statements) == 1:
-            state.prepared[statement.statement_name] = statements[0]
+        # Protocol-level Parse is not remembered here: the relay keeps those texts (and
+        # corrects them from PostgreSQL's answers), and an Execute carries its text. This
+        # map holds what only SQL names: PREPARE, for SQL EXECUTE and for protocol
+        # Executes of SQL-prepared names (which reach the policy without a text).
+        changes: list[tuple[str, str]] = []
         for facts in statements:
             if facts.prepare is not None:
                 state.prepared[facts.prepare] = _prepared_facts(facts)
+                changes.append(("prepare", facts.prepare))
             if facts.deallocate is not None:
                 if facts.deallocate == "*":
                     state.prepared.clear()
                 else:
                     state.prepared.pop(facts.deallocate, None)
+                changes.append(("deallocate", facts.deallocate))
+        if changes and statement.kind == Kind.QUERY:
+            hook = statement.session.extra.get("on_prepared_change")
+            if hook is not None:
+                hook(statement, changes)  # the relay: these names are uncertain until it completes
         self._apply_search_paths(state, statements)
 
     @staticmethod
