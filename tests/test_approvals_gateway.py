@@ -55,7 +55,7 @@ def test_hold_then_approve_runs_once_and_the_trail_links_it(env, pg):
 
     c = Client(client)
     request = env.pending_on("hold_items")
-    assert (request.requester, request.mode, request.rule, request.target) == ("alice", "hold", "review-hold_items", "app")
+    assert (request.requester, request.mode, request.rule, request.target) == ("user:alice", "hold", "review-hold_items", "app")
     assert "need a second pair of eyes" in request.reason
     wait_until(lambda: notices, "the hold notice")  # the client is told at once, before any decision
     assert request.id in notices[0] and "pgwarden approvals approve" in notices[0]

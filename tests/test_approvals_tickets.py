@@ -32,7 +32,10 @@ except ImportError:  # pragma: no cover - a test dependency
 @pytest.fixture(scope="module")
 def env(pg, gw_users, tmp_path_factory):
     pg.psql(SETUP_SQL, database="appdb")
-    gw, environment = start_env(pg, tmp_path_factory.mktemp("approvals"), gw_users)
+    from pgwarden.session.scram import make_verifier
+
+    users = gw_users + [{"name": "key:victim", "scram_verifier": make_verifier("impostor-pw")}]
+    gw, environment = start_env(pg, tmp_path_factory.mktemp("approvals"), users)
     try:
         yield environment
     finally:
@@ -372,7 +375,43 @@ def test_one_requester_cannot_flood_the_reviewers(env, pg):
         else:
             pytest.fail("the 26th pending request was accepted")
         assert conn.execute("select 1").fetchone() == (1,)
-    mine = [r for r in env.requests("pending") if r.requester == "alice"]
+    mine = [r for r in env.requests("pending") if r.requester == "user:alice"]
     assert len(mine) == 25
     for request in mine:  # leave the queue empty for whoever runs next
         env.decide(request.id, "deny")
+
+
+def test_a_ticket_pins_parameter_types_and_search_path(env, pg):
+    sql = "UPDATE ap.ticket_items SET name = %s WHERE id = 1"
+    with alice(env) as conn:
+        request = request_id_of(ticket_refusal(conn, sql, ("typed",)))
+        env.decide(request, "approve")
+        # The same text and bytes, declared as another type: another statement.
+        other_type = request_id_of(ticket_refusal(conn, "UPDATE ap.ticket_items SET name = %t WHERE id = 1",
+                                                  (psycopg.types.json.Jsonb("typed"),)))
+        assert other_type != request
+    with alice(env) as conn:
+        conn.execute("SET search_path = ap, public")  # an unqualified name may now mean another table
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute(sql, ("typed",))
+        assert info.value.sqlstate == "PW001"
+    with alice(env) as conn:
+        assert conn.execute(sql, ("typed",)).rowcount == 1  # the approved statement, as approved
+    assert env.get(request).status == "executed"
+
+
+def test_a_static_user_named_like_an_api_key_cannot_use_its_ticket(env, pg):
+    """A static user called "key:victim" is "user:key:victim": the API key victim's ticket is not theirs."""
+    key = env.key("victim", ["developer"])
+    sql = "UPDATE ap.ticket_items SET name = %s WHERE id = 2"
+    with as_key(env, key) as conn:
+        request = request_id_of(ticket_refusal(conn, sql, ("victim",)))
+    assert env.get(request).requester == "key:victim"
+    env.decide(request, "approve")
+    impostor = psycopg.connect(env.gw.dsn("key:victim", "impostor-pw", sslmode="disable"), autocommit=True)
+    with impostor:
+        other = request_id_of(ticket_refusal(impostor, sql, ("victim",)))
+    assert other != request and env.get(other).requester == "user:key:victim"
+    assert env.get(request).status == "approved"
+    with as_key(env, key) as conn:
+        assert conn.execute(sql, ("victim",)).rowcount == 1

@@ -69,15 +69,16 @@ def new_request_id() -> str:
     return secrets.token_hex(6)
 
 
-def fingerprint(target: str, text: str, params: Sequence[tuple[int, bytes | None]]) -> str:
-    """SHA-256 of what runs: target, statement text, and each parameter's format and bytes.
+def fingerprint(target: str, text: str, params: Sequence[tuple[int, bytes | None]], context: str = "") -> str:
+    """SHA-256 of what runs: target, statement text, each parameter's format and bytes, and
+    ``context`` (what else changes the meaning of the text: parameter types, search_path).
 
-    A ticket approves exactly this; changed text, parameters or target need a
-    new approval. Parameters are hashed with their format code (text/binary),
-    so the same value sent differently is a different statement.
+    A ticket approves exactly this; changed text, parameters, types, search_path
+    or target need a new approval. Parameters are hashed with their format code
+    (text/binary), so the same value sent differently is a different statement.
     """
     h = hashlib.sha256()
-    for part in (target.encode(), text.encode("utf-8", "surrogatepass")):
+    for part in (target.encode(), text.encode("utf-8", "surrogatepass"), context.encode("utf-8", "surrogatepass")):
         h.update(len(part).to_bytes(8, "big"))
         h.update(part)
     h.update(len(params).to_bytes(4, "big"))

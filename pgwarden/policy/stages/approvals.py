@@ -24,6 +24,7 @@ The waiting, the store and the notifications are the broker's
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -70,6 +71,15 @@ def _param_view(params: list[tuple[int, bytes | None]]) -> tuple[dict[str, Any],
     return tuple(out)
 
 
+def _meaning(statement: Statement, state: Any) -> str:
+    """What besides text and values decides what a statement does: its declared parameter
+    types (``'0001'`` as text or as int) and every search_path the session may be using
+    (which ``orders`` an unqualified name is)."""
+    paths = getattr(getattr(state, "ctx", None), "search_paths", None)
+    return json.dumps({"types": list(statement.param_types),
+                       "search_path": None if paths is None else sorted(list(p) for p in paths)})
+
+
 class ApprovalsStage:
     name = "approvals"
 
@@ -89,7 +99,9 @@ class ApprovalsStage:
             return None  # PREPARE (and DEALLOCATE) run nothing; EXECUTE is reviewed
         info = statement.session
         identity = info.extra.get("identity")
-        requester = getattr(identity, "subject", None) or info.user
+        # Static users are "user:NAME", so no static name can pass for an API key
+        # ("key:NAME") or the local admin ("local:USER") and use their tickets.
+        requester = getattr(identity, "subject", None) or f"user:{info.user}"
         state = info.extra.get("guardrails")
         role = getattr(getattr(state, "ctx", None), "role", None)
         rule = decision.rule or "default"
@@ -132,7 +144,7 @@ class ApprovalsStage:
             gateway=self.broker.gateway_id,
             statement=text,
             params=_param_view(params),
-            fingerprint=fingerprint(info.target, text, params),
+            fingerprint=fingerprint(info.target, text, params, _meaning(statement, state)),
             rule=rule,
             reason=reason,
             policy=settings.policy,
