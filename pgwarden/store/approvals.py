@@ -360,6 +360,24 @@ def usable_ticket(request: ApprovalRequest, requester: str, fingerprint: str, no
             and request.fingerprint == fingerprint and request.valid_until is not None and now < request.valid_until)
 
 
+def request_from_body(body: str) -> ApprovalRequest:
+    """A request from its ``body`` column (both backends store ``ApprovalRequest.body()``)."""
+    return ApprovalRequest.from_stored(json.loads(body))
+
+
+def compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def prefix_bounds(prefix: str) -> tuple[str, str] | None:
+    """[low, high) holding exactly the ids that start with ``prefix`` in code point order
+    (SQLite's binary order, PostgreSQL's COLLATE "C"); None if there is no such range."""
+    last = ord(prefix[-1])
+    if last >= 0x10FFFF or 0xD7FF <= last <= 0xDFFF or "\x00" in prefix:
+        return None
+    return prefix, prefix[:-1] + chr(last + 1)
+
+
 class ApprovalStore:
     """Abstract; ``SqliteApprovalStore`` and ``PostgresApprovalStore`` implement it.
 

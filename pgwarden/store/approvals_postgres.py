@@ -32,6 +32,9 @@ from typing import Any, TypeVar
 import asyncpg
 
 from .approvals import (
+    compact_json,
+    prefix_bounds,
+    request_from_body,
     OPEN_STATUSES,
     ApprovalError,
     ApprovalEvent,
@@ -72,22 +75,6 @@ _SCHEMA = (
 )
 
 _ORDER = " ORDER BY created_at DESC, id DESC"
-
-
-def _request(body: str) -> ApprovalRequest:
-    return ApprovalRequest.from_stored(json.loads(body))
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _prefix_bounds(prefix: str) -> tuple[str, str] | None:
-    """[low, high) holding exactly the ids that start with ``prefix`` (COLLATE "C": code point order)."""
-    last = ord(prefix[-1])
-    if last >= 0x10FFFF or 0xD7FF <= last <= 0xDFFF or "\x00" in prefix:
-        return None
-    return prefix, prefix[:-1] + chr(last + 1)
 
 
 class PostgresApprovalStore(ApprovalStore):
@@ -173,7 +160,7 @@ class PostgresApprovalStore(ApprovalStore):
         body = await conn.fetchval(f"SELECT body FROM {self._s}.approval_requests WHERE id = $1 FOR UPDATE", request_id)
         if body is None:
             raise ApprovalError("not_found", f"no approval request {request_id!r}")
-        return _request(body)
+        return request_from_body(body)
 
     async def _save(self, conn: asyncpg.Connection, request: ApprovalRequest) -> None:
         await conn.execute(
@@ -184,7 +171,7 @@ class PostgresApprovalStore(ApprovalStore):
 
     async def _event(self, conn: asyncpg.Connection, request_id: str, at: float, kind: str, fields: dict[str, Any],
                      chained: bool) -> ApprovalEvent:
-        text = _dumps(fields)
+        text = compact_json(fields)
         event_id = await conn.fetchval(
             f"INSERT INTO {self._s}.approval_events (request, at, kind, fields, chained) "
             "VALUES ($1, $2, $3, $4, $5) RETURNING id",
@@ -271,15 +258,15 @@ class PostgresApprovalStore(ApprovalStore):
         async def body(conn: asyncpg.Connection) -> ApprovalRequest | None:
             found = await conn.fetchval(f"SELECT body FROM {table} WHERE id = $1", request_id)
             if found is None and len(request_id) >= 4:
-                bounds = _prefix_bounds(request_id)
+                bounds = prefix_bounds(request_id)
                 if bounds is None:
                     return None
                 rows = await conn.fetch(f"SELECT id, body FROM {table} WHERE id >= $1 AND id < $2 ORDER BY id LIMIT 2",
                                         *bounds)
                 bodies = [r[1] for r in rows if r[0].startswith(request_id)]
                 # An ambiguous prefix finds nothing (as AuditStore.session does).
-                return _request(bodies[0]) if len(bodies) == 1 else None
-            return None if found is None else _request(found)
+                return request_from_body(bodies[0]) if len(bodies) == 1 else None
+            return None if found is None else request_from_body(found)
 
         return await self._run("cannot read the approvals", body, tx=False)
 
@@ -292,7 +279,7 @@ class PostgresApprovalStore(ApprovalStore):
             else:
                 rows = await conn.fetch(f"SELECT body FROM {table} WHERE status = $1{_ORDER} LIMIT $2", status,
                                         int(limit))
-            return [_request(r[0]) for r in rows]
+            return [request_from_body(r[0]) for r in rows]
 
         return await self._run("cannot read the approvals", body, tx=False)
 
@@ -303,7 +290,7 @@ class PostgresApprovalStore(ApprovalStore):
 
         async def body(conn: asyncpg.Connection) -> dict[str, ApprovalRequest]:
             rows = await conn.fetch(f"SELECT body FROM {self._s}.approval_requests WHERE id = ANY($1::text[])", wanted)
-            found = [_request(r[0]) for r in rows]
+            found = [request_from_body(r[0]) for r in rows]
             return {r.id: r for r in found}
 
         return await self._run("cannot read the approvals", body, tx=False)
@@ -315,7 +302,7 @@ class PostgresApprovalStore(ApprovalStore):
                 f"AND status = 'pending' AND mode = 'ticket' AND expires_at > $3{_ORDER} LIMIT 1",
                 requester, fingerprint, float(now),
             )
-            return None if found is None else _request(found)
+            return None if found is None else request_from_body(found)
 
         return await self._run("cannot read the approvals", body, tx=False)
 
@@ -365,7 +352,7 @@ class PostgresApprovalStore(ApprovalStore):
                 requester, fingerprint, float(now),
             )
             for row in rows:
-                request = _request(row[0])
+                request = request_from_body(row[0])
                 if usable_ticket(request, requester, fingerprint, now):
                     updated = close_request(request, "executed", session, "approved ticket used", now, session)
                     result = await self._close(conn, updated, now, chained)
@@ -400,7 +387,7 @@ class PostgresApprovalStore(ApprovalStore):
             )
             done = []
             for row in rows:
-                updated = due_expiry(_request(row[0]), now)
+                updated = due_expiry(request_from_body(row[0]), now)
                 if updated is not None:
                     done.append(await self._close(conn, updated, now, chained))
             await self._notify(conn, [r.id for r, _ in done])

@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .approvals import (
+    compact_json,
+    prefix_bounds,
+    request_from_body,
     OPEN_STATUSES,
     ApprovalError,
     ApprovalEvent,
@@ -67,22 +70,6 @@ _INDEXES = ("approval_requests_ticket", "approval_requests_status", "approval_re
             "approval_events_unchained")
 
 _ORDER = " ORDER BY created_at DESC, id DESC"
-
-
-def _request(body: str) -> ApprovalRequest:
-    return ApprovalRequest.from_stored(json.loads(body))
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _prefix_bounds(prefix: str) -> tuple[str, str] | None:
-    """[low, high) holding exactly the ids that start with ``prefix`` (binary order)."""
-    last = ord(prefix[-1])
-    if last >= 0x10FFFF or 0xD7FF <= last <= 0xDFFF:
-        return None
-    return prefix, prefix[:-1] + chr(last + 1)
 
 
 class SqliteApprovalStore(ApprovalStore):
@@ -134,7 +121,7 @@ class SqliteApprovalStore(ApprovalStore):
         row = conn.execute("SELECT body FROM approval_requests WHERE id = ?", (request_id,)).fetchone()
         if row is None:
             raise ApprovalError("not_found", f"no approval request {request_id!r}")
-        return _request(row[0])
+        return request_from_body(row[0])
 
     @staticmethod
     def _save(conn: sqlite3.Connection, request: ApprovalRequest) -> None:
@@ -146,7 +133,7 @@ class SqliteApprovalStore(ApprovalStore):
     @staticmethod
     def _event(conn: sqlite3.Connection, request_id: str, at: float, kind: str, fields: dict[str, Any],
                chained: bool) -> ApprovalEvent:
-        text = _dumps(fields)
+        text = compact_json(fields)
         cursor = conn.execute(
             "INSERT INTO approval_events (request, at, kind, fields, chained) VALUES (?, ?, ?, ?, ?)",
             (request_id, at, kind, text, 1 if chained else 0),
@@ -236,7 +223,7 @@ class SqliteApprovalStore(ApprovalStore):
         def fn(conn: sqlite3.Connection) -> ApprovalRequest | None:
             row = conn.execute("SELECT body FROM approval_requests WHERE id = ?", (request_id,)).fetchone()
             if row is None and len(request_id) >= 4:
-                bounds = _prefix_bounds(request_id)
+                bounds = prefix_bounds(request_id)
                 if bounds is None:
                     return None
                 rows = conn.execute(
@@ -244,8 +231,8 @@ class SqliteApprovalStore(ApprovalStore):
                 ).fetchall()
                 bodies = [body for rid, body in rows if rid.startswith(request_id)]
                 # An ambiguous prefix finds nothing (as AuditStore.session does).
-                return _request(bodies[0]) if len(bodies) == 1 else None
-            return None if row is None else _request(row[0])
+                return request_from_body(bodies[0]) if len(bodies) == 1 else None
+            return None if row is None else request_from_body(row[0])
 
         return await self._run("cannot read the approvals", fn)
 
@@ -257,7 +244,7 @@ class SqliteApprovalStore(ApprovalStore):
                 rows = conn.execute(
                     f"SELECT body FROM approval_requests WHERE status = ?{_ORDER} LIMIT ?", (status, limit)
                 )
-            return [_request(r[0]) for r in rows]
+            return [request_from_body(r[0]) for r in rows]
 
         return await self._run("cannot read the approvals", fn)
 
@@ -270,7 +257,7 @@ class SqliteApprovalStore(ApprovalStore):
                 chunk = wanted[i:i + 500]
                 sql = f"SELECT body FROM approval_requests WHERE id IN ({','.join('?' * len(chunk))})"
                 for (body,) in conn.execute(sql, chunk):
-                    request = _request(body)
+                    request = request_from_body(body)
                     found[request.id] = request
             return found
 
@@ -283,7 +270,7 @@ class SqliteApprovalStore(ApprovalStore):
                 f"AND mode = 'ticket' AND expires_at > ?{_ORDER} LIMIT 1",
                 (requester, fingerprint, now),
             ).fetchone()
-            return None if row is None else _request(row[0])
+            return None if row is None else request_from_body(row[0])
 
         return await self._run("cannot read the approvals", fn)
 
@@ -333,7 +320,7 @@ class SqliteApprovalStore(ApprovalStore):
                     (requester, fingerprint, now),
                 ).fetchall()
                 for (body,) in rows:
-                    request = _request(body)
+                    request = request_from_body(body)
                     if usable_ticket(request, requester, fingerprint, now):
                         updated = close_request(request, "executed", session, "approved ticket used", now, session)
                         return self._close(conn, updated, now, chained)
@@ -370,7 +357,7 @@ class SqliteApprovalStore(ApprovalStore):
                 ).fetchall()
                 done = []
                 for (body,) in rows:
-                    request = _request(body)
+                    request = request_from_body(body)
                     updated = due_expiry(request, now)
                     if updated is not None:
                         done.append(self._close(conn, updated, now, chained))
