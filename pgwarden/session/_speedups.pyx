@@ -33,7 +33,7 @@ from libc.string cimport memchr, memcmp
 from ..wire.frames import ProtocolViolation, invalid_length
 from ..wire.messages import decode_cstring, decode_parse, decode_query
 from . import replies as _replies
-from .fastpath import ClientFastPath
+from .fastpath import ClientFastPath, check_name
 from .replies import _DESCRIBE_ENTRY, _MISSING, _SYNC_ENTRY, ReplyTracker, describe_entry
 from .statement import Kind, Protocol, Statement
 from .verdict import ALLOW
@@ -338,7 +338,7 @@ def client_data(self, data):
             elif t == 69:  # Execute (fastpath: t == 69; see relay._on_execute)
                 if pos + 5 >= stop:
                     raise ProtocolViolation("message is shorter than its contents")
-                portal_name = "" if p[pos + 5] == 0 else decode_cstring(buf, pos + 5, stop)[0]
+                portal_name = "" if p[pos + 5] == 0 else check_name(decode_cstring(buf, pos + 5, stop)[0])
                 portal = self._portals.get(portal_name)
                 if not self._request_open:
                     self._request += 1
@@ -357,8 +357,9 @@ def client_data(self, data):
                     verdict = self._evaluate(stmt, 0)
                 except Exception as exc:  # a stage's bug must fail closed, not open
                     verdict = self._stage_failed(stmt, exc)
-                if verdict is not ALLOW or stmt.mask is not None:
-                    # A masked Execute needs a Describe of its portal first (see _apply).
+                if verdict is not ALLOW or stmt.mask is not None or self._replacing:
+                    # A masked Execute needs a Describe of its portal first (see _apply);
+                    # one that prepares or deallocates makes names uncertain (_on_execute).
                     self._fast_exit(buf, pos, stop, stmt, verdict)
                     return
                 stmt.verdict = verdict
@@ -401,6 +402,7 @@ def client_data(self, data):
                 _deque_append(pending, (K_QUERY, stmt, None, None))
             elif t == 80:  # Parse (fastpath: t == 80; see relay._on_parse and _apply)
                 parse = decode_parse(buf[pos + 5 : stop])
+                check_name(parse.name)
                 if not self._request_open:
                     self._request += 1
                     self._request_open = True

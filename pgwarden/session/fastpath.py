@@ -91,7 +91,7 @@ class ClientFastPath:
                     p = pos + 5
                     if p >= stop:
                         raise ProtocolViolation("message is shorter than its contents")
-                    portal_name = "" if buf[p] == 0 else decode_cstring(buf, p, stop)[0]
+                    portal_name = "" if buf[p] == 0 else check_name(decode_cstring(buf, p, stop)[0])
                     portal = self._portals.get(portal_name)
                     if not self._request_open:
                         self._request += 1
@@ -110,8 +110,9 @@ class ClientFastPath:
                         verdict = self._evaluate(stmt, 0)
                     except Exception as exc:  # a stage's bug must fail closed, not open
                         verdict = self._stage_failed(stmt, exc)
-                    if verdict is not ALLOW or stmt.mask is not None:
-                        # A masked Execute needs a Describe of its portal first (see _apply).
+                    if verdict is not ALLOW or stmt.mask is not None or self._replacing:
+                        # A masked Execute needs a Describe of its portal first (see _apply);
+                        # one that prepares or deallocates makes names uncertain (_on_execute).
                         self._fast_exit(buf, pos, stop, stmt, verdict)
                         return
                     stmt.verdict = verdict
@@ -154,6 +155,7 @@ class ClientFastPath:
                     pending.append((_QUERY, stmt, None, None))
                 elif t == 80:  # Parse (see _on_parse and _apply)
                     parse = decode_parse(buf[pos + 5 : stop])
+                    check_name(parse.name)
                     if not self._request_open:
                         self._request += 1
                         self._request_open = True
@@ -241,11 +243,24 @@ def _query_text(buf: bytes, start: int, stop: int) -> str:
     return decode_query(buf[start + 5 : stop])
 
 
+#: PostgreSQL keeps only NAMEDATALEN - 1 bytes of a statement or portal name, so two longer
+#: names that share those bytes are one name to it and two to a dict keyed by the full name.
+MAX_NAME_BYTES = 63
+
+
+def check_name(name: str) -> str:
+    """``name`` if PostgreSQL keeps all of it; a longer one is refused (it would alias another)."""
+    if len(name) > 15 and len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise ProtocolViolation(f"statement or portal name longer than {MAX_NAME_BYTES} bytes")
+    return name
+
+
 def _name_at(buf: bytes, pos: int, stop: int) -> tuple[str, int]:
     """A statement or portal name: like decode_cstring, with the common empty name free."""
     if pos >= stop:
         raise ProtocolViolation("message is shorter than its contents")
     if buf[pos] == 0:
         return "", pos + 1
-    return decode_cstring(buf, pos, stop)
+    name, end = decode_cstring(buf, pos, stop)
+    return check_name(name), end
 

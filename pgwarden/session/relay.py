@@ -48,7 +48,7 @@ from ..wire import encode
 from ..wire.constants import F, SQLState
 from ..wire.frames import FrameBuffer, ProtocolViolation
 from ..wire.messages import decode_cstring, decode_parse
-from .fastpath import ClientFastPath, _name_at, _query_text
+from .fastpath import ClientFastPath, _name_at, _query_text, check_name
 from .replies import (
     _BIND,
     _CLOSE,
@@ -226,15 +226,21 @@ class Relay(ClientFastPath, ReplyTracker):
         An SQL PREPARE makes a name exist with a text only the guardrails stage
         knows (the relay keeps no text, so an Execute of it is decided on those
         facts); DEALLOCATE drops it. They are applied once PostgreSQL answered,
-        whatever the outcome: a failed string may have run part of itself, and
-        a name without a text is decided strictly or refused, never guessed.
+        also when it failed (a failed string may have run part of itself: a name
+        without a text is decided strictly or refused, never guessed), but not
+        when nothing of it ran (refused by pgwarden, or skipped after an error).
         """
         if self._sql_changes:
             keep = []
+            settled = self.session.extra.get("on_prepared_settled")
             for stmt, changes in self._sql_changes:
                 if stmt.status == "pending":
                     keep.append((stmt, changes))
                     continue
+                if settled is not None:
+                    settled(stmt)  # the guardrails stage applies it to its own view
+                if stmt.status in ("denied", "skipped"):
+                    continue  # nothing of it ran
                 for action, name in changes:
                     if name == "*":
                         unnamed = self._prepared.get("")
@@ -338,6 +344,7 @@ class Relay(ClientFastPath, ReplyTracker):
 
     def _on_parse(self, buf: bytes, start: int, stop: int) -> None:
         parse = decode_parse(buf[start + 5 : stop])
+        check_name(parse.name)
         stmt = Statement(
             Kind.PARSE,
             Protocol.EXTENDED,
@@ -387,10 +394,16 @@ class Relay(ClientFastPath, ReplyTracker):
             )
             replacing = None
             if self._replacing:
-                replacing = self._replacing.get(statement_name or "")
-                if replacing is None or replacing.status != "pending" or replacing.request == stmt.request:
-                    replacing = self._replacing.get("*")
-            if replacing is not None and replacing.status == "pending" and replacing.request != stmt.request:
+                for key in (statement_name or "", "*"):
+                    entry = self._replacing.get(key)
+                    if entry is not None and entry.status == "pending" and (
+                        entry.request != stmt.request or entry.kind == Kind.EXECUTE
+                    ):
+                        replacing = entry
+                        break
+            if replacing is not None:
+                # (After a protocol Parse the same batch is safe: PostgreSQL skips it if the
+                # Parse fails. After an Execute of PREPARE/DEALLOCATE it is not: that ran.)
                 deny = Deny(
                     f'pgwarden: prepared statement "{statement_name}" is being replaced and PostgreSQL has not '
                     "answered that Parse yet; this Execute was not run",
@@ -409,6 +422,7 @@ class Relay(ClientFastPath, ReplyTracker):
             raise ProtocolViolation("Close message must name 'S' or 'P'")
         kind = buf[start + 5]
         name, _ = decode_cstring(buf, start + 6, stop)
+        check_name(name)
         table: dict = self._prepared if kind == ord("S") else self._portals
         if kind == ord("P"):
             hook = self.session.extra.get("on_portal_close")

@@ -53,12 +53,53 @@ _UNDEFINED_PREPARED = "26000"
 
 
 class _SessionState:
-    __slots__ = ("ctx", "prepared", "decisions")
+    __slots__ = ("ctx", "prepared", "decisions", "pending")
 
     def __init__(self, ctx: SessionContext) -> None:
         self.ctx = ctx
-        self.prepared: dict[str, StatementFacts] = {}
+        # SQL-prepared names PostgreSQL confirmed (name -> facts); None: a change to the
+        # name failed part-way, so what it means is unknown (EXECUTE of it is refused).
+        self.prepared: dict[str, StatementFacts | None] = {}
         self.decisions: dict[int, tuple[Any, Decision]] = {}
+        # Allowed statements that prepare or deallocate, not answered yet: (statement,
+        # [(action, name, facts)]). Until settled, a name may mean its old or new statement.
+        self.pending: list[tuple[Statement, list[tuple[str, str, StatementFacts | None]]]] = []
+
+    def candidates(self, name: str) -> list[StatementFacts] | None:
+        """Every statement ``name`` may run now (confirmed and pending); None: unknown."""
+        out: list[StatementFacts] = []
+        if name in self.prepared:
+            confirmed = self.prepared[name]
+            if confirmed is None:
+                return None
+            out.append(confirmed)
+        for _stmt, changes in self.pending:
+            for action, changed, facts in changes:
+                if action == "prepare" and changed == name and facts is not None:
+                    out.append(facts)
+        return out or None
+
+    def settle(self, statement: Statement) -> None:
+        """PostgreSQL answered ``statement``: apply what it did to prepared names."""
+        for index, (stmt, changes) in enumerate(self.pending):
+            if stmt is statement:
+                del self.pending[index]
+                break
+        else:
+            return
+        status = statement.status
+        if status in ("denied", "skipped", "pending"):
+            return  # nothing of it ran
+        for action, name, facts in changes:
+            if status == "ok":
+                if action == "prepare":
+                    self.prepared[name] = facts
+                elif name == "*":
+                    self.prepared.clear()
+                else:
+                    self.prepared.pop(name, None)
+            elif action == "prepare":
+                self.prepared[name] = None  # failed part-way: it may or may not exist, and as what
 
 
 def acting_role(config: Config, identity: Any, target: str, access: str | None) -> str | None:
@@ -118,12 +159,17 @@ class GuardrailsStage:
     # ------------------------------------------------------------ session hooks
 
     def session_started(self, info: SessionInfo) -> None:
-        info.extra[_STATE_KEY] = _SessionState(session_context(self.config, info))
+        self._new_state(info)
+
+    def _new_state(self, info: SessionInfo) -> _SessionState:
+        state = info.extra[_STATE_KEY] = _SessionState(session_context(self.config, info))
+        info.extra["on_prepared_settled"] = state.settle  # called by the relay (see _apply_effects)
+        return state
 
     def _state(self, info: SessionInfo) -> _SessionState:
         state = info.extra.get(_STATE_KEY)
         if state is None:
-            state = info.extra[_STATE_KEY] = _SessionState(session_context(self.config, info))
+            state = self._new_state(info)
         return state
 
     # ------------------------------------------------------------ the decision
@@ -147,15 +193,15 @@ class GuardrailsStage:
             return None  # refused by the relay itself
         state = self._state(statement.session)
         if text is None:
-            facts = state.prepared.get(statement.statement_name or "") if statement.statement_name else None
-            if facts is None:
+            candidates = state.candidates(statement.statement_name or "") if statement.statement_name else None
+            if candidates is None:
                 return Deny(
                     "pgwarden: this portal's statement is unknown to pgwarden, so it cannot be checked",
                     _UNDEFINED_PREPARED,
                     rule="guardrails.unknown_statement",
                     hint="Prepare statements with Parse or PREPARE through pgwarden.",
                 )
-            return self._verdict(statement, self.policy.decide((facts,), state.ctx, self.now))
+            return self._verdict(statement, self.policy.decide(tuple(candidates), state.ctx, self.now))
         if len(text) >= BACKGROUND_ANALYSIS_LENGTH and self.analyzer.known(text) is None \
                 and len(text) <= self.analyzer.max_length:
             return self._hold_for_analysis(statement, text)
@@ -183,9 +229,10 @@ class GuardrailsStage:
                     if facts.execute is None:
                         resolved.append(facts)
                         continue
-                    prepared = overlay[facts.execute] if facts.execute in overlay else state.prepared.get(
-                        facts.execute
-                    )
+                    if facts.execute in overlay:
+                        prepared = [overlay[facts.execute]] if overlay[facts.execute] is not None else None
+                    else:
+                        prepared = state.candidates(facts.execute)
                     if prepared is None:
                         return Deny(
                             f'pgwarden: prepared statement "{facts.execute}" is unknown to pgwarden, '
@@ -197,7 +244,7 @@ class GuardrailsStage:
                         # CREATE TABLE ... AS EXECUTE name: the statement's own effect (a new,
                         # perhaps temporary, table) is decided too, not only what it runs.
                         resolved.append(facts)
-                    resolved.append(prepared)
+                    resolved.extend(prepared)  # old and new while a change is unanswered: the strictest
                 statements = tuple(resolved)
                 cacheable = False
             decision = _parser_settings_refusal(analysis.statements) or self._identity_decision(
@@ -288,21 +335,21 @@ class GuardrailsStage:
         # corrects them from PostgreSQL's answers), and an Execute carries its text. This
         # map holds what only SQL names: PREPARE, for SQL EXECUTE and for protocol
         # Executes of SQL-prepared names (which reach the policy without a text).
-        changes: list[tuple[str, str]] = []
-        for facts in statements:
-            if facts.prepare is not None:
-                state.prepared[facts.prepare] = _prepared_facts(facts)
-                changes.append(("prepare", facts.prepare))
-            if facts.deallocate is not None:
-                if facts.deallocate == "*":
-                    state.prepared.clear()
-                else:
-                    state.prepared.pop(facts.deallocate, None)
-                changes.append(("deallocate", facts.deallocate))
-        if changes and statement.kind == Kind.QUERY:
-            hook = statement.session.extra.get("on_prepared_change")
-            if hook is not None:
-                hook(statement, changes)  # the relay: these names are uncertain until it completes
+        # Nothing runs at Parse; at Query/Execute the change is pending until PostgreSQL
+        # answers (state.settle, called by the relay), and the relay is told, so neither
+        # side assumes an outcome it has not seen.
+        if statement.kind != Kind.PARSE:
+            changes: list[tuple[str, str, StatementFacts | None]] = []
+            for facts in statements:
+                if facts.deallocate is not None:
+                    changes.append(("deallocate", facts.deallocate, None))
+                if facts.prepare is not None:
+                    changes.append(("prepare", facts.prepare, _prepared_facts(facts)))
+            if changes:
+                state.pending.append((statement, changes))
+                hook = statement.session.extra.get("on_prepared_change")
+                if hook is not None:
+                    hook(statement, [(action, name) for action, name, _ in changes])
         self._apply_search_paths(state, statements)
 
     @staticmethod
