@@ -328,15 +328,14 @@ def test_sql_prepare_behind_a_protocol_name_is_decided_on_what_runs(env, pg):
 
 def test_a_failed_protocol_parse_does_not_change_what_a_name_means(env, pg):
     """SQL PREPARE s AS <review>; protocol Parse s AS SELECT (PostgreSQL refuses: s exists); Execute s runs
-    the SQL-prepared statement, so it is the one decided."""
+    the SQL-prepared statement, never checked as the SELECT: pgwarden no longer vouches for s at all."""
     with alice(env) as conn:
         conn.execute("PREPARE keep(int) AS UPDATE ap.ticket_items SET name = 'kept' WHERE id = $1")
         failed = conn.pgconn.prepare(b"keep", b"SELECT $1::int AS n", None)
         assert failed.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"42P05"
         status, sqlstate, _ = _exec_prepared(conn, "keep", "2")
-        # The SQL-prepared UPDATE (not the refused SELECT) is decided: a ticket cannot pin a
-        # statement whose text the client never sent, so it is refused outright.
-        assert sqlstate == "42501", (status, sqlstate)
+        # A protocol Parse of the name (taken or refused) leaves its SQL meaning unknown: refused.
+        assert sqlstate == "26000", (status, sqlstate)
     assert value(pg, "ticket_items", 2) != "kept"
 
 

@@ -189,3 +189,51 @@ def test_a_closed_connection_never_counts_as_an_answer(env, pg):
             raw.login(GW_USER, GW_PASSWORD)
             raw.send(encode.parse("c" * 64, "SELECT 1") + encode.sync())
             raw.read_until(b"Z")
+
+
+# ---------------------------------------------------------------- third round: Close, failed strings, portals, wrappers
+
+
+def test_a_protocol_parse_over_an_sql_prepared_name_is_not_run_on_the_old_facts(env, pg):
+    with RawClient(env.gw.host, env.gw.port) as raw:
+        raw.login(GW_USER, GW_PASSWORD)
+        exchange(raw, encode.query("PREPARE xa AS SELECT 1"))
+        exchange(raw, close(b"S", "xa") + encode.parse("xa", UPDATE.format("closeS")) + encode.sync())
+        assert sqlstates(exchange(raw, encode.query("EXECUTE xa"))) == ["26000"]
+        # A DEALLOCATE in a string that failed after it: the name is unknown, not the old SELECT.
+        exchange(raw, encode.query("PREPARE xb AS SELECT 1"))
+        assert sqlstates(exchange(raw, encode.query("DEALLOCATE xb; SELECT 1/0"))) == ["22012"]
+        exchange(raw, encode.parse("xb", UPDATE.format("closeS")) + encode.sync())
+        assert sqlstates(exchange(raw, encode.query("EXECUTE xb"))) == ["26000"]
+    assert untouched(env, pg, "closeS")
+
+
+def test_a_portal_bound_again_is_not_executed_before_postgres_answered(env, pg):
+    """Bind an existing named portal to a SELECT (PostgreSQL refuses: 42P03), then after a Sync and a
+    ROLLBACK TO SAVEPOINT (the portal survives) execute it: it is still the UPDATE."""
+    with RawClient(env.gw.host, env.gw.port) as raw:
+        raw.login(GW_USER, GW_PASSWORD)
+        exchange(raw, encode.query("BEGIN"))
+        exchange(raw, encode.parse("bu", UPDATE.format("rebind")) + encode.parse("bs", "SELECT 1")
+                 + bind("bp", "bu") + encode.sync())
+        exchange(raw, encode.query("SAVEPOINT sp"))
+        states = sqlstates(exchange(raw, bind("bp", "bs") + encode.sync() + encode.query("ROLLBACK TO SAVEPOINT sp")
+                                    + execute("bp") + encode.sync(), readies=3))
+        assert states == ["42P03", "55000"]
+        exchange(raw, encode.query("COMMIT"))
+    assert untouched(env, pg, "rebind")
+
+
+@pytest.mark.parametrize("wrapper", ["EXPLAIN ANALYZE EXECUTE {n}", "EXPLAIN (ANALYZE) EXECUTE {n}"])
+def test_explain_analyze_execute_is_decided_on_the_prepared_statement(env, pg, wrapper):
+    name = "ea" + str(len(wrapper))
+    with RawClient(env.gw.host, env.gw.port) as raw:
+        raw.login(GW_USER, GW_PASSWORD)
+        exchange(raw, encode.query(f"PREPARE {name} AS " + UPDATE.format("explained")))
+        seen = {r.id for r in env.requests()}
+        raw.send(encode.query(wrapper.format(n=name)))
+        request = env.wait_for(lambda r: r.id not in seen and r.status == "pending", "the held EXPLAIN ANALYZE")
+        assert request.statement == wrapper.format(n=name)
+        env.decide(request.id, "deny")
+        assert sqlstates(raw.read_until(b"Z")) == ["42501"]
+    assert value(pg, "hold_items", 1) != "explained"

@@ -499,9 +499,34 @@ client_messages = st.one_of(
 
 def expected_to_server(msgs: list[tuple[str, bytes]]) -> bytes:
     """Reference model: denied Query/FunctionCall -> poison Query; denied Parse -> poison
-    Parse and nothing more until Sync; everything else byte for byte."""
+    Parse and nothing more until Sync; everything else byte for byte, except an Execute
+    whose statement or portal name was re-Parsed / re-bound in an earlier request while the
+    relay still knew it (no server replies arrive here, so that stays unanswered): refused
+    with a poison Parse, like a denial (see Relay._on_execute)."""
     out, discarding = [], False
+    request, request_open = 0, False
+    statements: set[str] = set()  # named statements the relay knows
+    portals: dict[str, str] = {}  # portal -> statement name
+    replacing: dict[str, int] = {}  # statement name -> request of its unanswered re-Parse
+    rebinding: dict[str, int] = {}  # portal -> request of its unanswered re-Bind
+
+    def open_request() -> int:
+        nonlocal request, request_open
+        if not request_open:
+            request += 1
+            request_open = True
+        return request
+
     for kind, m in msgs:
+        if kind == "Q":
+            request += 1
+            request_open = False
+        elif kind == "S":
+            if not request_open:
+                request += 1
+            request_open = False
+        elif kind != "F":
+            open_request()
         if discarding and kind != "S":
             continue
         if kind == "S":
@@ -512,6 +537,36 @@ def expected_to_server(msgs: list[tuple[str, bytes]]) -> bytes:
         elif kind == "P" and b"/*deny*/" in m:
             out.append(POISON_PARSE)
             discarding = True
+        elif kind == "P":
+            name = m[5:m.index(b"\x00", 5)].decode()
+            if name:
+                if name in statements:
+                    replacing[name] = request
+                statements.add(name)
+            out.append(m)
+        elif kind == "B":
+            portal_end = m.index(b"\x00", 5)
+            portal = m[5:portal_end].decode()
+            name = m[portal_end + 1:m.index(b"\x00", portal_end + 1)].decode()
+            if portal and portal in portals:
+                rebinding[portal] = request
+            portals[portal] = name
+            out.append(m)
+        elif kind == "E":
+            portal = m[5:m.index(b"\x00", 5)].decode()
+            refused = portal in rebinding and rebinding[portal] != request
+            if not refused and portal in portals:
+                name = portals[portal]
+                refused = name in replacing and replacing[name] != request
+            if refused:
+                out.append(POISON_PARSE)
+                discarding = True
+            else:
+                out.append(m)
+        elif kind == "C":
+            target, name = m[5:6], m[6:m.index(b"\x00", 6)].decode()
+            (statements.discard(name) if target == b"S" else portals.pop(name, None))
+            out.append(m)
         else:
             out.append(m)
     return b"".join(out)

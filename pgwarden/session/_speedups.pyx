@@ -284,7 +284,7 @@ def client_data(self, data):
     cdef bint checked = False
     framer = self._client
     if framer._chunks or self._queue or self._held is not None or self._discarding or self.closed \
-            or self._replacing:
+            or self._replacing or self._rebinding:
         self._client_data_general(data)
         return
     limit = framer.max_size
@@ -327,8 +327,12 @@ def client_data(self, data):
                     portal, name = self._bind_names
                 else:
                     portal, name = self._bind_names = self._bind_names_at(buf, pos, stop)
-                prepared = self._prepared.get(name)
                 portals = self._portals
+                if portal and portal in portals:
+                    # Binding a named portal again: the general path tracks it (see relay._on_bind).
+                    self._fast_exit(buf, pos, stop)
+                    return
+                prepared = self._prepared.get(name)
                 _deque_append(pending, (K_BIND, None, None, (portals, portal, portals.get(portal, _MISSING))))
                 portals[portal] = (
                     (prepared[0], name, prepared[1], (buf, pos + 5, stop))

@@ -143,6 +143,10 @@ class Relay(ClientFastPath, ReplyTracker):
         # guardrails stage reports through ``on_prepared_change``). See _on_execute.
         self._replacing: dict[str, Statement] = {}
         self._sql_changes: list[tuple[Statement, list[tuple[str, str]]]] = []
+        # Named portals bound again while the relay still had them (PostgreSQL refuses
+        # that with 42P03 unless the old one is gone): portal -> (request, the Bind's
+        # pending entry), until PostgreSQL answers the Bind. See _on_execute.
+        self._rebinding: dict[str, tuple[int, tuple]] = {}
         # The last Bind's "portal\0statement\0" bytes and their decoded names
         # (a Bind whose body starts with the key has exactly those names).
         self._bind_key = b"\x00\x00"
@@ -195,6 +199,8 @@ class Relay(ClientFastPath, ReplyTracker):
     def _client_data_general(self, data: bytes) -> None:
         if self._replacing:
             self._settle_names()
+        if self._rebinding:
+            self._rebinding = {k: v for k, v in self._rebinding.items() if _still_pending(self._pending, v[1])}
         buf, frames = self._client.feed(data)
         if not frames:
             return
@@ -357,7 +363,7 @@ class Relay(ClientFastPath, ReplyTracker):
         self._decide(stmt, (buf, start, stop), 0)
 
     def _on_bind(self, buf: bytes, start: int, stop: int) -> None:
-        self._open_request()
+        request = self._open_request()
         portal, pos = _name_at(buf, start + 5, stop)
         name, _ = _name_at(buf, pos, stop)
         prepared = self._prepared.get(name)
@@ -370,7 +376,10 @@ class Relay(ClientFastPath, ReplyTracker):
         undo = (portals, portal, portals.get(portal, _MISSING))
         portals[portal] = entry
         self._pass(buf, start, stop)
-        self._pending.append((_BIND, None, None, undo))
+        pending_entry = (_BIND, None, None, undo)
+        self._pending.append(pending_entry)
+        if portal and undo[2] is not _MISSING:
+            self._rebinding[portal] = (request, pending_entry)
 
     def _on_execute(self, buf: bytes, start: int, stop: int) -> None:
         portal_name, _ = _name_at(buf, start + 5, stop)
@@ -392,6 +401,18 @@ class Relay(ClientFastPath, ReplyTracker):
                 param_types=param_types,
                 bind_body=bind_body,
             )
+            rebinding = self._rebinding.get(portal_name) if self._rebinding else None
+            if rebinding is not None and rebinding[0] != stmt.request and _still_pending(self._pending, rebinding[1]):
+                deny = Deny(
+                    f'pgwarden: portal "{portal_name}" is being bound again and PostgreSQL has not answered '
+                    "that Bind yet; this Execute was not run",
+                    SQLState.OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    rule="protocol.portal_replaced",
+                    hint="Wait for the result of the Bind (a Sync) before executing the portal.",
+                )
+                stmt.verdict = deny
+                self._send_poison(stmt, deny)
+                return
             replacing = None
             if self._replacing:
                 for key in (statement_name or "", "*"):
@@ -662,3 +683,11 @@ ACCELERATED = _speedups is not None
 if _speedups is not None:
     Relay.client_data = _speedups.client_data  # type: ignore[method-assign]
     Relay.server_data = _speedups.server_data  # type: ignore[method-assign]
+
+
+def _still_pending(pending, entry: tuple) -> bool:
+    """Whether ``entry`` (a pending reply expectation) is still waiting for PostgreSQL's answer."""
+    for queued in pending:
+        if queued is entry:
+            return True
+    return False

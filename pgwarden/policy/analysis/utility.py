@@ -79,6 +79,10 @@ class UtilityMixin:
         self.settings |= other.settings if effects else set()
         self.languages |= other.languages
         self.literal_dependent |= other.literal_dependent
+        # EXPLAIN [ANALYZE] EXECUTE name, CREATE TABLE AS EXECUTE inside EXPLAIN: the
+        # prepared statement is resolved and decided as for a plain EXECUTE.
+        if other.execute is not None and self.execute is None:
+            self.execute = other.execute
         if effects:
             self.commands |= other.commands
             self.effects |= other.effects

@@ -79,6 +79,13 @@ class _SessionState:
                     out.append(facts)
         return out or None
 
+    def protocol_name(self, name: str) -> None:
+        """A protocol Parse of ``name``: if PostgreSQL takes it, ``name`` is a protocol text (which
+        SQL EXECUTE must not run on SQL facts); if it refuses, the old one stays. Either way an
+        SQL-prepared meaning can no longer be vouched for."""
+        if name in self.prepared or self.pending:
+            self.prepared[name] = None
+
     def settle(self, statement: Statement) -> None:
         """PostgreSQL answered ``statement``: apply what it did to prepared names."""
         for index, (stmt, changes) in enumerate(self.pending):
@@ -98,7 +105,10 @@ class _SessionState:
                     self.prepared.clear()
                 else:
                     self.prepared.pop(name, None)
-            elif action == "prepare":
+            elif name == "*":
+                for known in list(self.prepared):  # failed part-way: each may or may not be gone
+                    self.prepared[known] = None
+            else:
                 self.prepared[name] = None  # failed part-way: it may or may not exist, and as what
 
 
@@ -187,6 +197,8 @@ class GuardrailsStage:
                 decision = cached[1]
                 statement.decision = decision
                 if decision.action == ALLOW:
+                    if statement.kind == Kind.PARSE and state.prepared and statement.statement_name:
+                        state.protocol_name(statement.statement_name)
                     return None
                 return self._verdict(statement, decision)
         if statement.kind == Kind.FUNCTION_CALL:
@@ -338,7 +350,10 @@ class GuardrailsStage:
         # Nothing runs at Parse; at Query/Execute the change is pending until PostgreSQL
         # answers (state.settle, called by the relay), and the relay is told, so neither
         # side assumes an outcome it has not seen.
-        if statement.kind != Kind.PARSE:
+        if statement.kind == Kind.PARSE:
+            if statement.statement_name:
+                state.protocol_name(statement.statement_name)
+        else:
             changes: list[tuple[str, str, StatementFacts | None]] = []
             for facts in statements:
                 if facts.deallocate is not None:
