@@ -518,14 +518,16 @@ def expected_to_server(msgs: list[tuple[str, bytes]]) -> bytes:
         return request
 
     for kind, m in msgs:
-        if kind == "Q":
+        if kind in ("Q", "F"):  # a Query or FunctionCall is a request of its own
             request += 1
             request_open = False
         elif kind == "S":
             if not request_open:
                 request += 1
             request_open = False
-        elif kind != "F":
+        elif kind == "H":
+            request_open = False  # a Flush ends the request (Relay._client_message)
+        else:
             open_request()
         if discarding and kind != "S":
             continue

@@ -401,41 +401,39 @@ class Relay(ClientFastPath, ReplyTracker):
                 param_types=param_types,
                 bind_body=bind_body,
             )
-            rebinding = self._rebinding.get(portal_name) if self._rebinding else None
-            if rebinding is not None and rebinding[0] != stmt.request and _still_pending(self._pending, rebinding[1]):
-                deny = Deny(
-                    f'pgwarden: portal "{portal_name}" is being bound again and PostgreSQL has not answered '
-                    "that Bind yet; this Execute was not run",
-                    SQLState.OBJECT_NOT_IN_PREREQUISITE_STATE,
-                    rule="protocol.portal_replaced",
-                    hint="Wait for the result of the Bind (a Sync) before executing the portal.",
-                )
-                stmt.verdict = deny
-                self._send_poison(stmt, deny)
-                return
-            replacing = None
-            if self._replacing:
-                for key in (statement_name or "", "*"):
-                    entry = self._replacing.get(key)
-                    if entry is not None and entry.status == "pending" and (
-                        entry.request != stmt.request or entry.kind == Kind.EXECUTE
-                    ):
-                        replacing = entry
-                        break
-            if replacing is not None:
-                # (After a protocol Parse the same batch is safe: PostgreSQL skips it if the
-                # Parse fails. After an Execute of PREPARE/DEALLOCATE it is not: that ran.)
-                deny = Deny(
-                    f'pgwarden: prepared statement "{statement_name}" is being replaced and PostgreSQL has not '
-                    "answered that Parse yet; this Execute was not run",
-                    SQLState.OBJECT_NOT_IN_PREREQUISITE_STATE,
-                    rule="protocol.statement_replaced",
-                    hint="Wait for the result of the Parse (a Sync) before executing the statement again.",
-                )
-                stmt.verdict = deny
-                self._send_poison(stmt, deny)
+            refusal = self._uncertain_name(stmt)
+            if refusal is not None:
+                stmt.verdict = refusal
+                self._send_poison(stmt, refusal)
                 return
         self._decide(stmt, (buf, start, stop), 0)
+
+    def _uncertain_name(self, stmt: Statement) -> Deny | None:
+        """A refusal if ``stmt`` executes a portal or statement whose meaning PostgreSQL has not
+        settled yet (re-bound / re-prepared in an earlier batch, or PREPARE/DEALLOCATE run
+        through Execute): checked as the relay sees it, it could run as the old one."""
+        portal, name = stmt.portal_name or "", stmt.statement_name or ""
+        rebinding = self._rebinding.get(portal) if self._rebinding else None
+        if rebinding is not None and rebinding[0] != stmt.request and _still_pending(self._pending, rebinding[1]):
+            what, rule = f'portal "{portal}" is being bound again', "protocol.portal_replaced"
+        else:
+            for key in (name, "*") if self._replacing else ():
+                entry = self._replacing.get(key)
+                # After a protocol Parse the same batch is safe (PostgreSQL skips it if the Parse
+                # fails); after an Execute of PREPARE/DEALLOCATE it is not: that ran.
+                if entry is not None and entry.status == "pending" and (
+                    entry.request != stmt.request or entry.kind == Kind.EXECUTE
+                ):
+                    break
+            else:
+                return None
+            what, rule = f'prepared statement "{name}" is being replaced', "protocol.statement_replaced"
+        return Deny(
+            f"pgwarden: {what} and PostgreSQL has not answered yet; this Execute was not run",
+            SQLState.OBJECT_NOT_IN_PREREQUISITE_STATE,
+            rule=rule,
+            hint="Wait for PostgreSQL's answer (a Sync) before executing it.",
+        )
 
     def _on_close(self, buf: bytes, start: int, stop: int) -> None:
         self._open_request()
