@@ -299,3 +299,86 @@ def test_two_copies_in_one_string_each_keep_their_plan(env):
                             "TO STDOUT; COPY (SELECT 'y'::text, 'z'::text, ssn FROM customers LIMIT 1) TO STDOUT")
     data = [body for t, body in replies if t == b"d"]
     assert data and not leaks(data) and not any(b"bcd-ef-ghij" in d for d in data)
+
+
+# ---------------------------------------------------------------- cursors outliving what a Close or a status said
+#
+# A protocol portal "c" is bound to a harmless SELECT, then SQL CLOSE c and DECLARE c over masked
+# columns: PostgreSQL's c is now the cursor while the relay still has the portal's text, so a
+# protocol Execute of c is masked by what masking remembers of the DECLARE. Each sequence below
+# once made masking forget it while PostgreSQL's cursor lived on.
+
+_HARMLESS = "SELECT 1::int, 'x'::text, 'y'::text"
+_MASKED_CURSOR = "SELECT id, email, ssn FROM customers"
+
+
+def _msg(kind: bytes, body: bytes) -> bytes:
+    from pgwarden.wire import encode
+
+    return encode.message(kind, body)
+
+
+def _bind(portal: str, statement: str) -> bytes:
+    import struct
+
+    return _msg(b"B", portal.encode() + b"\x00" + statement.encode() + b"\x00\x00\x00" + struct.pack("!h", 0) + b"\x00\x00")
+
+
+def _execute(portal: str = "") -> bytes:
+    return _msg(b"E", portal.encode() + b"\x00\x00\x00\x00\x00")
+
+
+def _bodies(replies):
+    return [body for _, body in replies]
+
+
+def test_a_close_postgres_skipped_does_not_forget_the_cursor(env):
+    from pgwarden.wire import encode
+
+    with _raw_agent(env, "analyst") as raw:
+        raw.query("BEGIN")
+        raw.send(encode.parse("sc", _HARMLESS) + _bind("c", "sc") + encode.sync())
+        raw.read_until(b"Z")
+        raw.query("CLOSE c")
+        raw.query(f"DECLARE c CURSOR FOR {_MASKED_CURSOR}")
+        raw.query("SAVEPOINT sp")
+        raw.send(encode.parse("", "SELECT 1/0") + _bind("", "") + _execute("") + _msg(b"C", b"Pc\x00")
+                 + encode.sync())  # the Close is skipped after the error: c lives on
+        raw.read_until(b"Z")
+        raw.query("ROLLBACK TO SAVEPOINT sp")
+        raw.send(_execute("c") + encode.sync())
+        replies = raw.read_until(b"Z")
+    assert not leaks(_bodies(replies))
+
+
+def test_a_with_hold_cursor_outlives_commit_for_masking_too(env):
+    from pgwarden.wire import encode
+
+    with _raw_agent(env, "analyst") as raw:
+        raw.send(encode.query("BEGIN") + encode.parse("sc", _HARMLESS) + _bind("c", "sc") + encode.sync()
+                 + encode.query("CLOSE c") + encode.query(f"DECLARE c CURSOR WITH HOLD FOR {_MASKED_CURSOR}")
+                 + encode.query("COMMIT") + encode.parse("zz", "SELECT 2"))  # unanswered: keeps a reply pending
+        for _ in range(5):
+            raw.read_until(b"Z")
+        raw.send(_execute("c") + encode.sync())
+        replies = raw.read_until(b"Z")
+    assert not leaks(_bodies(replies))
+
+
+def test_a_status_from_before_a_flushed_begin_does_not_end_the_cursor(env):
+    from pgwarden.wire import encode
+
+    with _raw_agent(env, "analyst") as raw:
+        raw.send(encode.parse("", "BEGIN") + _bind("", "") + _execute("")
+                 + encode.parse("sc", _HARMLESS) + _bind("c", "sc")
+                 + encode.parse("", "CLOSE c") + _bind("", "") + _execute("")
+                 + encode.parse("", f"DECLARE c CURSOR FOR {_MASKED_CURSOR}") + _bind("", "") + _execute("")
+                 + _msg(b"H", b""))
+        completes = 0
+        while completes < 3:
+            kind, _ = raw.read_message()
+            assert kind != b"E"
+            completes += kind == b"C"
+        raw.send(_execute("c") + encode.sync())
+        replies = raw.read_until(b"Z")
+    assert not leaks(_bodies(replies))

@@ -92,6 +92,10 @@ def load_masking_key(config: Config) -> bytes:
         raise ConfigError(f"masking.key_file {path}: {exc.strerror or exc}") from None
 
 
+#: Cursors one session may have open (masking remembers each until an answered CLOSE).
+MAX_CURSORS = 10_000
+
+
 class _State:
     """One masked session's view: its rules, and what the names of its prepared statements
     and cursors (SQL and protocol level share them) may return.
@@ -205,8 +209,11 @@ class MaskingStage:
         state = _State(rules)
         info.extra[_STATE_KEY] = state
         info.extra["masking_tools"] = tools
-        # The relay reports a protocol Close of a portal: a SQL cursor of that name is gone.
-        info.extra["on_portal_close"] = lambda name: state.cursors.pop(name, None)
+        # Cursors are not forgotten on a protocol Close or at a transaction's end: a Close
+        # PostgreSQL skipped (after an error) leaves the cursor, a WITH HOLD cursor outlives
+        # COMMIT, and a status seen before a Flushed BEGIN's answer is stale. Only an answered
+        # SQL CLOSE forgets one (completed); a stale entry only makes a portal of the same
+        # name masked more strictly, never less.
 
     # ------------------------------------------------------------ statements
 
@@ -383,6 +390,9 @@ class MaskingStage:
                 cacheable = False
                 outputs_expect, stored_echo, _ = state.cursors.get(lin.cursor, (None, True, True))
                 echo = echo or stored_echo
+                # The name may now be a protocol portal (cursors and portals share names) and the
+                # remembered DECLARE stale: the RowDescription's origins are always checked too.
+                needs_mask = True
             elif lin.prepared is not None and lin.command in ("EXECUTE", *_COPIES_DATA):
                 cacheable = False
                 outputs_expect, stored_echo, stored_rows = state.prepared.get(lin.prepared, (None, True, None))
@@ -419,6 +429,11 @@ class MaskingStage:
                 needs_mask = True  # positions unknown: the RowDescription decides
             entry = (outputs_expect, bool(referenced) or (outputs_expect is None), _inner_returns_rows(lin))
             if lin.command == "DECLARE" and lin.cursor is not None:
+                if len(state.cursors) >= MAX_CURSORS and lin.cursor not in state.cursors:
+                    return _deny(
+                        f"{where}this session has declared {MAX_CURSORS} cursors that were never closed "
+                        "(CLOSE them, or CLOSE ALL)", "masking.cursors",
+                    ), True
                 cacheable = False
                 effects.append(("cursors", lin.cursor, entry))
             elif lin.command == "PREPARE" and lin.prepared is not None:
@@ -569,10 +584,6 @@ class MaskingStage:
                         table.clear()
                     else:
                         table.pop(name, None)
-        if state is not None and state.cursors and session.txn_status == "I":
-            # Cursors end with their transaction (WITH HOLD ones survive, and are then judged
-            # by their RowDescriptions alone), and the name may next be a protocol portal.
-            state.cursors.clear()
         if statement.status != "ok":
             return
         extra = session.extra
