@@ -159,6 +159,7 @@ class ApprovalBroker:
                 self.service.notify("requested", request)
         finally:
             created.set()
+            self._created.pop(request.id, None)  # a withdraw that came meanwhile holds the event
 
     async def _too_many(self, request: ApprovalRequest) -> Deny | None:
         cap = self.config.approvals.max_pending_per_requester
