@@ -21,6 +21,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from ..observe import Observer, overridden
 from ..session.statement import AuthEvent, SessionInfo, Statement
 from ..session.verdict import ALLOW, Allow, Deny, Hold, Rewrite, Verdict
 from ..wire.constants import SQLState
@@ -38,22 +39,32 @@ class Stage(Protocol):
 
 
 class Pipeline:
-    def __init__(self, stages: Sequence[Stage], recorder: Any = None) -> None:
+    def __init__(self, stages: Sequence[Stage], recorder: Any = None, observers: Sequence[Any] = ()) -> None:
         self.stages: tuple[Stage, ...] = tuple(stages)
         self._checkers = tuple(s.check for s in self.stages)
         # The recorder sees every statement's final verdict (and may change it to a
         # refusal while the audit trail is down), then its completion, last.
+        # Observers (pgwarden/observe.py: metrics, alerts) come after it: they see
+        # the verdict the client gets and the records already submitted.
         self.recorder = recorder
+        self.observers = tuple(observers)
+        watchers = list(self.observers)
         hooks: list[Any] = list(self.stages) + ([recorder] if recorder is not None else [])
-        if recorder is not None:
+
+        def implemented(obj: Any, hook: str) -> bool:
+            return overridden(obj, hook) if isinstance(obj, Observer) else callable(getattr(obj, hook, None))
+
+        self._deciders = tuple(o.decided for o in watchers if implemented(o, "decided"))
+        if recorder is not None or self._deciders:
             self._plain_evaluate = self.evaluate
             self.evaluate = self._evaluate_recorded  # type: ignore[method-assign]
-        self._completers = tuple(s.completed for s in hooks if callable(getattr(s, "completed", None)))
+        hooks += watchers
+        self._completers = tuple(s.completed for s in hooks if implemented(s, "completed"))
         # The recorder's connect record comes first, its disconnect record last.
-        starters = ([recorder] if recorder is not None else []) + list(self.stages)
-        self._starters = tuple(s.session_started for s in starters if callable(getattr(s, "session_started", None)))
-        self._enders = tuple(s.session_ended for s in hooks if callable(getattr(s, "session_ended", None)))
-        self._auth_hooks = tuple(s.authenticated for s in hooks if callable(getattr(s, "authenticated", None)))
+        starters = ([recorder] if recorder is not None else []) + list(self.stages) + watchers
+        self._starters = tuple(s.session_started for s in starters if implemented(s, "session_started"))
+        self._enders = tuple(s.session_ended for s in hooks if implemented(s, "session_ended"))
+        self._auth_hooks = tuple(s.authenticated for s in hooks if implemented(s, "authenticated"))
 
     def evaluate(self, statement: Statement, first_stage: int = 0) -> Verdict:
         # Hot path: every statement passes here, and nearly every verdict is None.
@@ -71,7 +82,14 @@ class Pipeline:
         verdict = self._plain_evaluate(statement, first_stage)
         if verdict.__class__ is Hold:
             return verdict  # recorded once it resolves
-        return self.recorder.decided(statement, verdict)
+        if self.recorder is not None:
+            verdict = self.recorder.decided(statement, verdict)
+        for decided in self._deciders:
+            try:
+                decided(statement, verdict)
+            except Exception:
+                log.exception("decided hook failed", extra={"session": statement.session.id})
+        return verdict
 
     def _resolve(self, statement: Statement, verdict: Verdict, index: int) -> Verdict:
         """A stage said something other than allow: apply it, continuing after a Rewrite."""

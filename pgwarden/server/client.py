@@ -177,6 +177,7 @@ class ClientConnection(asyncio.Protocol):
         relay = self.relay
         if relay is not None and self.phase == "RELAY":
             # The hot path: one relay call, one write upstream.
+            self.info.bytes_from_client += len(data)  # type: ignore[union-attr]
             audit = self._audit
             before = len(relay._pending) if audit is not None else 0
             try:
@@ -360,9 +361,12 @@ class ClientConnection(asyncio.Protocol):
         set_role = self._set_role_for(event, access)
         if set_role is not None:
             params["role"] = set_role
+        began = time.perf_counter()
+        observer = self.gateway.observers
         try:
             upstream, hs = await open_upstream(target, params, self)
         except UpstreamError as exc:
+            observer.upstream_connected(event.database, time.perf_counter() - began, str(exc))
             self._log.warning("upstream login failed for target %s: %s", event.database, exc, extra={"event": "upstream_failed"})
             self.close(
                 f"upstream unavailable: {exc}",
@@ -374,6 +378,7 @@ class ClientConnection(asyncio.Protocol):
                 ),
             )
             return
+        observer.upstream_connected(event.database, time.perf_counter() - began, None)
         if self.phase == "CLOSED":
             upstream.close()
             return

@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..config import Config
+from ..alerts import build_alerts
+from ..observe import Observers
 from ..identity.control import control_store_for
 from ..policy.pipeline import Pipeline, Stage
 from ..policy.stages import StatementLogStage
@@ -31,6 +33,7 @@ from ..session.scram import ScramVerifier, parse_verifier
 from ..session.startup import CheckPassword, StartupSettings
 from .client import ClientConnection
 from .control import ControlPlane
+from .metrics import build_metrics
 from .throttle import LoginThrottle
 from .tls import client_facing_context
 from .upstream import send_cancel
@@ -142,7 +145,19 @@ class Gateway:
             self.audit_writer, self.recorder = build_recorder(config, self.gateway_id)
         if self.approvals is not None:
             self.approvals.recorder = self.recorder
-        self.pipeline = Pipeline(chosen, self.recorder)
+        # Metrics and alerts watch the gateway through hooks (pgwarden/observe.py).
+        self.observers = Observers()
+        self.metrics = build_metrics(config, self)
+        if self.metrics is not None:
+            self.observers.add(self.metrics)
+        self.alerts = build_alerts(config, self)
+        if self.alerts is not None:
+            self.observers.add(self.alerts)
+        if self.audit_writer is not None:
+            self.audit_writer.observer = self.observers if self.observers else None
+        if self.recorder is not None:
+            self.recorder.observer = self.observers if self.observers else None
+        self.pipeline = Pipeline(chosen, self.recorder, self.observers.members)
         self.client_tls_context = None
         tls = config.listen.tls
         if tls.mode != "disable":
@@ -245,6 +260,8 @@ class Gateway:
                 "statements are forwarded unrecorded",
                 extra={"event": "audit_disabled"},
             )
+        if self.alerts is not None:
+            await self.alerts.start()  # after the writer: every alert is recorded
         if self.approvals is not None:
             # Fail closed: review statements need somewhere to keep their requests.
             await self.approvals.start()
@@ -293,6 +310,8 @@ class Gateway:
             await self.control_plane.stop()
         if self.approvals is not None:
             await self.approvals.stop()
+        if self.alerts is not None:
+            await self.alerts.stop()  # before the writer: its last alerts are recorded
         if self.audit_writer is not None:
             await self.audit_writer.stop()
         for task in list(self._background):

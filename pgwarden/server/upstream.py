@@ -49,6 +49,7 @@ class UpstreamProtocol(asyncio.Protocol):
         if relay is not None:
             # The hot path, inline rather than through ClientConnection.server_data:
             # one relay call, one write to the client.
+            relay.session.bytes_from_server += len(data)
             try:
                 relay.server_data(data)
             except Exception as exc:

@@ -52,6 +52,9 @@ class SessionInfo:
     # The audit writer's ticket of this session's latest write-ahead record: its
     # output to PostgreSQL waits until the writer has made that ticket durable.
     audit_ticket: int = 0
+    # Bytes received from the client and from the upstream (metrics, exfiltration alerts).
+    bytes_from_client: int = 0
+    bytes_from_server: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,7 @@ TYPES = (
     "cancel",  # a CancelRequest for the session
     "disconnect",  # the session ended, with the reason and counters
     "approval",  # a just-in-time approval request, a reviewer's decision, its expiry, withdrawal or execution
+    "alert",  # an alert raised for a human (a blocked statement, login failures, ...), as sent to the sinks
     "audit",  # the trail itself: writer started/stopped, failures, drops, retention
 )
 

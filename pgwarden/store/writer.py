@@ -110,7 +110,9 @@ class AuditWriter:
         self._retention_task: asyncio.Task | None = None
         self._wal_thread: threading.Thread | None = None
         self._stopping = False
-        self.on_failure: Callable[[str], None] | None = None  # alert hook (issue 8 delivers alerts)
+        self.on_failure: Callable[[str], None] | None = None
+        # Metrics and alerts (pgwarden/observe.py): audit_written / audit_failed / audit_recovered.
+        self.observer: Any = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -294,7 +296,8 @@ class AuditWriter:
                 rest.append(entry)
         return batch, started, ended
 
-    def _written(self, batch: list[PendingRecord], head: tuple[int, bytes], healthy: bool = True) -> None:
+    def _written(self, batch: list[PendingRecord], head: tuple[int, bytes], healthy: bool = True,
+                 seconds: float = 0.0) -> None:
         """``batch`` is stored. ``healthy=False``: stored in the SQLite journal while SQLite
         itself still fails; the writer stays failed (see :meth:`_flush_inline`)."""
         del self._queue[: len(batch)]
@@ -316,6 +319,8 @@ class AuditWriter:
             self._recovered()
         if self._gated:
             self._release()
+        if self.observer is not None and batch:
+            self.observer.audit_written(len(batch), seconds, len(self._queue))
         if self.sinks is not None and batch:
             self.sinks.submit([(r.seq, body_for(r.seq, r.tail)) for r in batch])
             lost = self.sinks.take_drop_report()
@@ -334,6 +339,7 @@ class AuditWriter:
         if not self._queue and not self._summaries and self.failed is None:
             return
         batch, started, ended = self._take()
+        began = time.perf_counter()
         try:
             head = self.store.append_sync(batch, started, ended)  # type: ignore[attr-defined]
         except AuditStoreError as exc:
@@ -355,7 +361,7 @@ class AuditWriter:
                 self._written(batch, head, healthy=False)
                 self._failure(exc)
                 return
-        self._written(batch, head)
+        self._written(batch, head, seconds=time.perf_counter() - began)
         if self._queue and not self._scheduled:
             self._schedule()
 
@@ -369,6 +375,7 @@ class AuditWriter:
             while self._queue or self._summaries:
                 batch, started, ended = self._take()
                 self._writing = True
+                began = time.perf_counter()
                 try:
                     head = await self.store.append(batch, started, ended)
                 except asyncio.CancelledError:
@@ -382,7 +389,7 @@ class AuditWriter:
                     continue
                 finally:
                     self._writing = False
-                self._written(batch, head)
+                self._written(batch, head, seconds=time.perf_counter() - began)
 
     def _load(self) -> None:
         """Move the SQLite store's journal into the database (a few ms behind the journal)."""
@@ -416,6 +423,8 @@ class AuditWriter:
                     self.on_failure(self.failed)
                 except Exception:
                     log.exception("audit failure hook failed")
+            if self.observer is not None:
+                self.observer.audit_failed(self.failed)
         gated, self._gated = self._gated, set()
         for session in gated:
             try:
@@ -443,6 +452,8 @@ class AuditWriter:
         self.failed_since = None
         self._attempt = 0
         self.submit(make_record("audit", None, fields))
+        if self.observer is not None:
+            self.observer.audit_recovered(down)
 
     async def flush(self) -> None:
         """Wait until everything submitted so far is durable (raises AuditStoreError if it cannot be)."""

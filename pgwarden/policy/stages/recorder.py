@@ -127,6 +127,7 @@ class Recorder:
         self.max_rows = config.results.max_rows
         self.max_bytes = config.results.max_bytes
         self.gateway_id = writer.gateway_id
+        self.observer: Any = None  # pgwarden/observe.py: told of approval events after they are recorded
 
     # ------------------------------------------------------------ session events
 
@@ -227,6 +228,8 @@ class Recorder:
         fields = {"request": event.request, "event": event.kind, "event_at": iso(event.at)}
         fields.update(event.fields)
         self.writer.submit(make_record("approval", getattr(request, "session", None), fields))
+        if self.observer is not None:
+            self.observer.approval_event(request, event)
 
     def notice(self, session_id: str, body: bytes) -> None:
         fields = decode_error_fields(body)
