@@ -167,7 +167,8 @@ _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class ApiConfig(_Strict):
-    """The gateway's HTTP API (reviewers: approvals; OpenAPI at /openapi.json)."""
+    """The gateway's admin HTTP port: the reviewer API (with approvals), ``/metrics``
+    (Prometheus) and ``/health`` (readiness); OpenAPI at /openapi.json."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -176,6 +177,9 @@ class ApiConfig(_Strict):
     # front and allow_plaintext: true, knowingly).
     tls: ApiTLSConfig | None = None
     allow_plaintext: bool = False
+    # GET /metrics (Prometheus text format, unauthenticated like most exporters). Off: the
+    # gateway keeps no counters at all.
+    metrics: bool = True
 
     @model_validator(mode="after")
     def _plaintext(self) -> "ApiConfig":

@@ -241,8 +241,8 @@ def register(app: typer.Typer) -> None:
                     soft_wrap=True,
                 )
                 broker = getattr(gateway, "approvals", None)
+                api = gateway.api.url if getattr(gateway, "api", None) is not None else None
                 if broker is not None:
-                    api = broker.api.url if broker.api is not None else None
                     sub, group = DEMO_REVIEWER
                     out.print(
                         "\nApprovals: as developer, UPDATE, DELETE and schema changes wait for a dba. Run"
@@ -256,6 +256,9 @@ def register(app: typer.Typer) -> None:
                            if api else ""),
                         soft_wrap=True,
                     )
+                if api is not None:
+                    out.print(f"\nMonitoring: {api}/metrics (Prometheus) and {api}/health (readiness).",
+                              soft_wrap=True)
                 if gateway.audit_writer is not None:
                     out.print(
                         f"\nRecording: every session goes to the audit trail in {cfg.audit.store.path}."
@@ -271,7 +274,7 @@ def register(app: typer.Typer) -> None:
                 asyncio.run(run(cfg, ready=ready))
             except OSError as exc:
                 fail(
-                    f"cannot listen on 127.0.0.1:{port} (gateway) or {demo_api_port(port)} (reviewer API): "
+                    f"cannot listen on 127.0.0.1:{port} (gateway) or {demo_api_port(port)} (HTTP API): "
                     f"{exc.strerror or exc} (choose another with --port)",
                     1,
                 )

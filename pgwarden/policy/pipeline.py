@@ -91,6 +91,18 @@ class Pipeline:
                 log.exception("decided hook failed", extra={"session": statement.session.id})
         return verdict
 
+    def hold_refused(self, statement: Statement, verdict: Verdict) -> Verdict:
+        """A held statement resolved to a refusal (denied, timed out, withdrawn): the relay
+        applies it without evaluating again, so the recorder and the observers hear of it here."""
+        if self.recorder is not None:
+            verdict = self.recorder.decided(statement, verdict)
+        for decided in self._deciders:
+            try:
+                decided(statement, verdict)
+            except Exception:
+                log.exception("decided hook failed", extra={"session": statement.session.id})
+        return verdict
+
     def _resolve(self, statement: Statement, verdict: Verdict, index: int) -> Verdict:
         """A stage said something other than allow: apply it, continuing after a Rewrite."""
         if isinstance(verdict, Rewrite):

@@ -1,10 +1,11 @@
-"""The gateway's side of approvals: held statements, tickets, polling, the API and webhooks.
+"""The gateway's side of approvals: held statements, tickets, polling and webhooks.
 
 :class:`ApprovalBroker` is what ``ApprovalsStage``'s Holds await. It writes
 requests to the approval store (next to the audit trail), waits for their
 decision and turns it into a verdict. Decisions arrive three ways: from this
-gateway's HTTP API (released at once through ``on_change``), and from the CLI
-or another gateway sharing a PostgreSQL store, which one poller picks up
+gateway's HTTP API (served by the gateway, see ``Gateway.start``; released at
+once through ``on_change``), and from the CLI or another gateway sharing a
+PostgreSQL store, which one poller picks up
 (every ``approvals.poll_interval`` seconds, one query for all held requests).
 The same poller writes into the audit chain the events others made (the CLI
 cannot write a trail a gateway owns) and expires what timed out.
@@ -75,24 +76,15 @@ class ApprovalBroker:
         )
         await self._listen()
         self._poller = asyncio.get_running_loop().create_task(self._poll_forever(), name="approvals-poller")
-        if self.config.api.enabled:
-            from ..web.api import build_app
-            from ..web.server import ApiServer
 
-            tls = self.config.api.tls
-            self.api = ApiServer(build_app(self.service), self.config.api.host, self.config.api.port,
-                                 ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None)
-            await self.api.start()
-            self.service.api_port = self.api.port
-            log.info("approvals API on %s://%s:%s", "https" if tls else "http", self.config.api.host, self.api.port,
-                     extra={"event": "api_listening", "port": self.api.port})
+    def api_started(self, api: Any) -> None:
+        """The gateway's HTTP API (an ApiServer, which the gateway owns) serves this broker's
+        routes: links in notices and webhooks point at its port."""
+        self.api = api
+        if self.service is not None:
+            self.service.api_port = api.port
 
     async def stop(self) -> None:
-        if self.api is not None:
-            try:
-                await self.api.stop()
-            except Exception:
-                log.exception("stopping the API failed")
         if self._poller is not None:
             self._poller.cancel()
             try:

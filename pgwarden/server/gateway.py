@@ -8,7 +8,9 @@ to the session's upstream backend, so a forged key cancels nothing and clients
 never see upstream backend ids.
 
 When token or API-key login is configured, :class:`~pgwarden.server.control.ControlPlane`
-handles revocations, live sessions and kills.
+handles revocations, live sessions and kills. With ``api.enabled`` the gateway
+serves the HTTP API (its admin port): the approval routes when approvals are on,
+``/metrics`` and ``/health`` always (docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -179,6 +181,8 @@ class Gateway:
         self._stopping = False
         self.stopped = asyncio.Event()
         self.port: int | None = None
+        # The HTTP API (pgwarden/web: approvals, /metrics, /health) when api.enabled.
+        self.api: Any = None
         # The control plane (revocations, live sessions, kills) when token login is configured.
         self.control_plane: ControlPlane | None = None
         store = control_store_for(config) if (config.roles or config.identity.enabled) else None
@@ -265,9 +269,8 @@ class Gateway:
         if self.approvals is not None:
             # Fail closed: review statements need somewhere to keep their requests.
             await self.approvals.start()
-        elif self.config.api.enabled:
-            log.warning("api.enabled is set but approvals are off: the HTTP API is not started",
-                        extra={"event": "api_disabled"})
+        if self.config.api.enabled:
+            await self._start_api()
         self._server = await loop.create_server(
             lambda: ClientConnection(self), listen.host, listen.port, reuse_address=True, backlog=1024
         )
@@ -283,6 +286,23 @@ class Gateway:
             ", ".join(sorted(self.config.targets)),
             extra={"event": "listening", "port": self.port},
         )
+
+    async def _start_api(self) -> None:
+        """Serve the HTTP API: approvals (when on), /metrics, /health. Before the listener, so a
+        port that cannot be bound stops the start like any other configuration error."""
+        from ..web.api import build_app
+        from ..web.health import HealthChecker
+        from ..web.server import ApiServer
+
+        api = self.config.api
+        service = self.approvals.service if self.approvals is not None else None
+        app = build_app(service, metrics=self.metrics, health=HealthChecker(self))
+        self.api = ApiServer(app, api.host, api.port,
+                             ssl_certfile=str(api.tls.cert) if api.tls else None,
+                             ssl_keyfile=str(api.tls.key) if api.tls else None)
+        await self.api.start()
+        if self.approvals is not None:
+            self.approvals.api_started(self.api)
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop accepting, drain sessions, then close whatever is left after ``grace`` seconds."""
@@ -308,6 +328,11 @@ class Gateway:
             await self._server.wait_closed()
         if self.control_plane is not None:
             await self.control_plane.stop()
+        if self.api is not None:  # after the drain: reviewers could still release held statements
+            try:
+                await self.api.stop()
+            except Exception:
+                log.exception("stopping the HTTP API failed")
         if self.approvals is not None:
             await self.approvals.stop()
         if self.alerts is not None:

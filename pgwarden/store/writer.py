@@ -227,6 +227,7 @@ class AuditWriter:
             self._flush_inline()
             return
         self._queue = []
+        began = time.perf_counter()
         try:
             head = self._append(queue)
         except Exception as exc:
@@ -243,6 +244,8 @@ class AuditWriter:
         self.durable = queue[-1].ticket
         if self._gated:
             self._release()
+        if self.observer is not None:
+            self.observer.audit_written(n, time.perf_counter() - began, len(self._queue))
         if self._load_handle is None:
             self._load_handle = self._loop.call_later(LOAD_DELAY, self._load)  # type: ignore[union-attr]
         if self._since_checkpoint >= self.checkpoint_records and not self._checkpoint_pending:

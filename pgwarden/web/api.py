@@ -1,4 +1,11 @@
-"""The reviewer API: list, show, approve and deny approval requests over HTTP (JSON).
+"""The admin HTTP API: approvals for reviewers, plus metrics and health for operators.
+
+``GET /metrics`` (Prometheus text format) and ``GET /health`` (readiness: 200 or
+503, see :mod:`pgwarden.web.health`) are unauthenticated, like most exporters:
+they reveal counts, target names and failure codes, never SQL, users or
+credentials. The approval routes exist whether approvals are on or not (so the
+OpenAPI document describes one API); with approvals off they answer 404
+``approvals_off``.
 
 Every ``/api/v1/approvals`` route needs ``Authorization: Bearer <token>``: an
 access token of a trusted issuer or a pgwarden API key (``pgw_...``), checked
@@ -26,6 +33,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from prometheus_client.exposition import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
 
 from ..services.approvals import ApprovalService
 from ..store.approvals import STATUSES, ApprovalError, ApprovalRequest, Reviewer
@@ -207,12 +216,37 @@ async def _comment(request: Request) -> str:
     return comment
 
 
-def build_app(service: ApprovalService) -> Starlette:
-    """The Starlette application of the reviewer API over ``service``."""
+def build_app(service: ApprovalService | None = None, *, metrics: Any = None, health: Any = None) -> Starlette:
+    """The Starlette application of the gateway's HTTP API.
+
+    ``service``: the approvals (None: approvals are off); ``metrics``: something with
+    ``async render() -> bytes`` (:class:`~pgwarden.server.metrics.GatewayMetrics`; None:
+    ``/metrics`` answers 404); ``health``: something with ``async check() -> (ok, body)``
+    (:class:`~pgwarden.web.health.HealthChecker`; None: ``/health`` is a plain liveness answer).
+    """
+
+    def approvals() -> ApprovalService:
+        if service is None:
+            raise ApiError(404, "approvals_off", "approvals are not enabled on this gateway")
+        return service
 
     @_endpoint
-    async def health(request: Request) -> Response:
+    async def liveness(request: Request) -> Response:
         return _json({"status": "ok"})
+
+    @_endpoint
+    async def readiness(request: Request) -> Response:
+        if health is None:
+            return _json({"status": "ok", "checks": {}})
+        ok, body = await health.check()
+        return _json(body, 200 if ok else 503)
+
+    @_endpoint
+    async def prometheus(request: Request) -> Response:
+        if metrics is None:
+            raise ApiError(404, "metrics_off", "metrics are off (api.metrics: false)")
+        body = await metrics.render()
+        return Response(body, headers={**_HEADERS, "Content-Type": PROMETHEUS_CONTENT_TYPE})
 
     @_endpoint
     async def openapi(request: Request) -> Response:
@@ -220,6 +254,7 @@ def build_app(service: ApprovalService) -> Starlette:
 
     @_endpoint
     async def list_approvals(request: Request) -> Response:
+        service = approvals()
         reviewer = await _reviewer(service, request)
         _require_reviewer(service, reviewer)
         status = request.query_params.get("status", "pending").strip().lower() or "pending"
@@ -235,12 +270,14 @@ def build_app(service: ApprovalService) -> Starlette:
 
     @_endpoint
     async def show(request: Request) -> Response:
+        service = approvals()
         reviewer = await _reviewer(service, request)
         _require_reviewer(service, reviewer)
         return _json(_with_links(service, await service.get(_request_id(request))))
 
     def decider(action: str) -> Handler:
         async def decide(request: Request) -> Response:
+            service = approvals()
             reviewer = await _reviewer(service, request)
             _require_reviewer(service, reviewer)
             request_id = _request_id(request)
@@ -267,7 +304,9 @@ def build_app(service: ApprovalService) -> Starlette:
 
     prefix = "/api/v1/approvals"
     routes = [
-        Route("/api/v1/health", health, methods=["GET"]),
+        Route("/api/v1/health", liveness, methods=["GET"]),
+        Route("/health", readiness, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route(prefix, list_approvals, methods=["GET"]),
         Route(prefix + "/{id}", show, methods=["GET"]),

@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 description of the reviewer API, written by hand (served at ``/openapi.json``).
+"""The OpenAPI 3.1 description of the gateway's HTTP API, written by hand (served at ``/openapi.json``).
 
 Kept next to ``api.py`` and checked by tests/test_approvals_api.py (every
 route is described); change both together.
@@ -130,22 +130,46 @@ _REQUEST_SCHEMA = {
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
-        "title": "pgwarden reviewer API",
+        "title": "pgwarden HTTP API",
         "version": __version__,
         "description": (
             "Just-in-time approvals: list, inspect, approve and deny statements a guardrail rule sent for "
-            "review. Authenticate with an access token of a trusted issuer or a pgwarden API key "
-            "(`Authorization: Bearer pgw_...`)."
+            "review (with approvals enabled; otherwise these routes answer 404 `approvals_off`). "
+            "Authenticate with an access token of a trusted issuer or a pgwarden API key "
+            "(`Authorization: Bearer pgw_...`). Operators: `/metrics` (Prometheus) and `/health` "
+            "(readiness) need no authentication."
         ),
     },
-    "tags": [{"name": "approvals"}, {"name": "meta"}],
+    "tags": [{"name": "approvals"}, {"name": "meta"}, {"name": "operations"}],
     "security": [{"bearer": []}],
     "paths": {
         "/api/v1/health": {"get": {
             "operationId": "health", "summary": "Liveness (no authentication)", "tags": ["meta"],
+            "description": "Always 200 while the gateway process serves HTTP; checks nothing else. "
+                           "For readiness (audit store, upstreams) use `/health`.",
             "security": [],
             "responses": {"200": {"description": "The API is up.", "content": _json_content({
                 "type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}})}},
+        }},
+        "/health": {"get": {
+            "operationId": "readiness", "summary": "Readiness: audit store and upstreams (no authentication)",
+            "tags": ["operations"], "security": [],
+            "description": "503 while the audit writer cannot write its store or a target's PostgreSQL does "
+                           "not accept TCP connections (checked concurrently with a 1 s timeout, cached 3 s; "
+                           "no login). `failing` names what is wrong (`audit`, `upstream:<target>`).",
+            "responses": {
+                "200": {"description": "Everything is reachable.", "content": _json_content(_ref("Health"))},
+                "503": {"description": "Something is not.", "content": _json_content(_ref("Health"))},
+            },
+        }},
+        "/metrics": {"get": {
+            "operationId": "metrics", "summary": "Prometheus metrics (no authentication)",
+            "tags": ["operations"], "security": [],
+            "description": "The Prometheus text exposition format; docs/metrics.md lists every metric.",
+            "responses": {
+                "200": {"description": "The metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "404": _error("Metrics are off (`api.metrics: false`; code metrics_off)."),
+            },
         }},
         "/openapi.json": {"get": {
             "operationId": "openapi", "summary": "This document (no authentication)", "tags": ["meta"],
@@ -202,10 +226,26 @@ OPENAPI: dict[str, Any] = {
                         "code": {"type": "string", "description": "Stable, for programs", "examples": [
                             "unauthenticated", "not_reviewer", "self_approval", "not_found", "not_pending",
                             "expired", "already_decided", "bad_request", "bad_comment", "bad_status",
-                            "bad_limit", "too_large", "internal"]},
+                            "bad_limit", "too_large", "approvals_off", "metrics_off", "internal"]},
                         "message": {"type": "string", "description": "For people"},
                     },
                 }},
+            },
+            "Health": {
+                "type": "object", "required": ["status", "checks"],
+                "properties": {
+                    "status": {"type": "string", "enum": ["ok", "unhealthy"]},
+                    "failing": {"type": "array", "items": {"type": "string"}},
+                    "checks": {"type": "object", "properties": {
+                        "audit": {"type": "object", "required": ["ok"], "properties": {
+                            "ok": {"type": "boolean"}, "enabled": {"type": "boolean"}, "store": {"type": "string"},
+                            "queued": {"type": "integer"}, "error": {"type": "string"}}},
+                        "upstreams": {"type": "object", "additionalProperties": {
+                            "type": "object", "required": ["ok"], "properties": {
+                                "ok": {"type": "boolean"}, "seconds": {"type": "number"},
+                                "error": {"type": "string", "examples": ["refused", "timeout", "unreachable"]}}}},
+                    }},
+                },
             },
             "DecisionBody": {
                 "type": "object",

@@ -1,4 +1,4 @@
-"""Run the API with uvicorn inside the gateway's own asyncio loop.
+"""Run the HTTP API with uvicorn inside the gateway's own asyncio loop.
 
 The gateway owns the process: its loop, its signal handlers (SIGTERM drains
 sessions), its logging setup. So uvicorn here installs no signal handlers,
@@ -77,7 +77,7 @@ def _bind(host: str, port: int) -> list[socket.socket]:
             if not sockets:
                 error = error or exc
             else:
-                log.debug("reviewer API: not listening on %s as well: %s", address[0], exc)
+                log.debug("HTTP API: not listening on %s as well: %s", address[0], exc)
     if not sockets:
         raise error or OSError(f"cannot resolve {host!r}")
     return sockets
@@ -137,7 +137,7 @@ class ApiServer:
                 task.result()
                 raise RuntimeError("the API server stopped while starting")
             await asyncio.sleep(0.01)
-        log.info("reviewer API listening on %s", self.url, extra={"event": "api_listening"})
+        log.info("HTTP API listening on %s", self.url, extra={"event": "api_listening"})
 
     async def stop(self) -> None:
         server, task = self._server, self._task
@@ -154,7 +154,7 @@ class ApiServer:
                 await task
         except Exception:
             log.exception("the API server failed while stopping")
-        log.info("reviewer API stopped", extra={"event": "api_stopped"})
+        log.info("HTTP API stopped", extra={"event": "api_stopped"})
 
     async def __aenter__(self) -> "ApiServer":
         await self.start()
