@@ -93,6 +93,7 @@ def test_demo_runs_serves_psql_and_reuses_its_data():
             # the URI's sslmode=require wins over the environment; TLS is used
             assert tls.returncode == 0
             _check_demo_guardrails(lines, port)
+            _check_demo_monitoring(port)
         finally:
             out = _stop(proc)
         assert proc.returncode == 0, out
@@ -233,6 +234,21 @@ def test_demo_config_reviews_developer_changes(tmp_path):
     assert top.api.port == 65534
 
 
+def _check_demo_monitoring(port: int) -> None:
+    """The banner's monitoring URLs: /metrics counts what the checks above did, /health is green."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    api = f"http://127.0.0.1:{port + 1}"
+    health = httpx.get(f"{api}/health", timeout=10)
+    assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+    scraped = httpx.get(f"{api}/metrics", timeout=10)
+    assert scraped.status_code == 200
+    denied = {s.labels["rule"]: s.value for f in text_string_to_metric_families(scraped.text)
+              for s in f.samples if s.name == "pgwarden_statements_denied_total"}
+    assert denied.get("dangerous.drop", 0) >= 2, denied  # the agent's and the developer's DROP
+
+
 def _check_demo_recording(out: str, data_dir: str) -> None:
     """The demo records to SQLite in its data dir and says how to replay; the trail verifies."""
     config = os.path.join(data_dir, "pgwarden.yaml")
@@ -251,3 +267,19 @@ def _check_demo_recording(out: str, data_dir: str) -> None:
         for s in sessions
     ]
     assert any("DROP TABLE customers" in r and "dangerous.drop" in r for r in replays), replays
+    # The evidence report the banner offers: one HTML file, the trail verified, the refusals counted.
+    assert f"pgwarden evidence --config {config}" in out
+    report = os.path.join(data_dir, "evidence.html")
+    evidence = subprocess.run([*pgw, "evidence", "--config", config, "--out", report], capture_output=True,
+                              text=True, timeout=120)
+    assert evidence.returncode == 0, evidence.stdout + evidence.stderr
+    page = open(report, encoding="utf-8").read()
+    assert page.startswith("<!DOCTYPE html>") and "VERIFICATION FAILED" not in page
+    for label in ("AU-2", "AU-9(3)", "IA-2", "SI-4", "SC-8", "CM-5"):
+        assert label in page
+    as_json = subprocess.run([*pgw, "evidence", "--config", config, "--format", "json", "--out", "-"],
+                             capture_output=True, text=True, timeout=120)
+    assert as_json.returncode == 0, as_json.stderr
+    report_data = json.loads(as_json.stdout)
+    assert report_data["verification"]["status"] == "verified"
+    assert report_data["totals"]["statements"]["deny"] >= 2

@@ -264,7 +264,9 @@ def register(app: typer.Typer) -> None:
                         f"\nRecording: every session goes to the audit trail in {cfg.audit.store.path}."
                         f"\n  pgwarden sessions list --config {config_path}"
                         f"\n  pgwarden sessions replay --config {config_path} <session id>"
-                        f"\n  pgwarden audit verify --config {config_path}",
+                        f"\n  pgwarden audit verify --config {config_path}"
+                        f"\nEvidence: a NIST SP 800-53 report from that trail, one HTML file to open in a browser:"
+                        f"\n  pgwarden evidence --config {config_path} --out pgwarden-evidence.html",
                         soft_wrap=True,
                     )
                 out.print("\nPress Ctrl-C to stop.\n")
