@@ -23,6 +23,7 @@ from .config_audit import AuditConfig
 from .config_guardrails import GuardrailsConfig, RolePolicy
 from .config_masking import MaskingConfig
 from .config_approvals import ApiConfig, ApprovalsConfig
+from .config_alerts import AlertsConfig
 
 __all__ = [
     "Config",
@@ -291,6 +292,7 @@ class Config(_Strict):
     masking: MaskingConfig = MaskingConfig()
     approvals: ApprovalsConfig = ApprovalsConfig()
     api: ApiConfig = ApiConfig()
+    alerts: AlertsConfig = AlertsConfig()
     # Extra startup parameters clients may pass through (lower-case names).
     forward_startup_parameters: list[str] = []
     data_dir: Path | None = None

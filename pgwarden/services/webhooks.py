@@ -1,10 +1,15 @@
-"""Webhook notifications for approval requests (Slack-style text or the request as JSON).
+"""Webhook delivery (shared by approvals and alerts) and approval notifications.
+
+:class:`WebhookDelivery` is the core both use: a bounded queue per receiver,
+retries with backoff, counters; :class:`WebhookNotifier` builds approval
+notifications (Slack-style text or the request as JSON) and alerts
+(pgwarden/alerts/sinks.py) build theirs.
 
 Why it is built this way: notifications are called from the data path (the
 session whose statement waits for review) and from decisions (API, CLI). A
 slow or dead webhook receiver must never hold a statement, delay a decision
 or fail one. So :meth:`WebhookNotifier.notify` only builds the body and puts
-it in a bounded in-memory queue (1000 by default; when full the notification
+it in a bounded in-memory queue (1000 per webhook by default; when full the notification
 is dropped with a warning: memory stays bounded however long a receiver is
 down) and returns; it never blocks and never raises. One worker task takes
 deliveries off the queue and runs each as its own task (at most a few at a
@@ -27,7 +32,8 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -36,7 +42,9 @@ from .. import __version__
 from ..config_approvals import WebhookConfig
 from ..store.approvals import ApprovalRequest
 
-__all__ = ["WebhookNotifier", "slack_text", "webhook_body", "safe_url"]
+__all__ = [
+    "WebhookDelivery", "WebhookItem", "WebhookNotifier", "slack_text", "slack_escape", "webhook_body", "safe_url",
+]
 
 log = logging.getLogger("pgwarden.webhooks")
 
@@ -59,7 +67,7 @@ def safe_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{path}"
 
 
-def _slack_escape(text: str) -> str:
+def slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
@@ -70,7 +78,7 @@ def _clip(text: str, limit: int = STATEMENT_CHARS) -> str:
 
 def slack_text(event: str, request: ApprovalRequest, links: dict[str, str]) -> str:
     """The one-message summary: who asks what where, and the links (or who decided)."""
-    e = _slack_escape
+    e = slack_escape
     who = e(request.requester)
     where = e(request.target) + (f" as {e(request.role)}" if request.role else "")
     rule = f" (rule {e(request.rule)})" if request.rule else ""
@@ -105,8 +113,220 @@ def webhook_body(fmt: str, event: str, request: ApprovalRequest, links: dict[str
     return {"event": event, "request": request.as_dict(), "links": links}
 
 
+class WebhookTarget(Protocol):
+    """What the delivery core needs of a webhook's config (WebhookConfig, an alert webhook sink)."""
+
+    url: str
+    headers: dict[str, str]
+    timeout: float
+    max_attempts: int
+
+
+@dataclass(slots=True)
+class WebhookItem:
+    index: int  # the target
+    data: bytes  # the JSON body
+    label: str  # what it is, for the log ("the requested notification of request 1a2b...")
+    extra: dict[str, Any]  # log record extras (request, alert ids)
+
+
+class WebhookDelivery:
+    """The delivery core shared by approval notifications and alerts.
+
+    ``put`` enqueues (any thread; never blocks, never raises); ``start`` (inside
+    the loop) runs the worker; ``await stop()`` drains briefly. Each target has
+    its own bound on pending deliveries (``queue_size``) and on concurrent ones
+    (``per_target``), so a hung receiver fills only its own share. ``backoff`` is
+    the first retry delay (doubling, capped at ``max_backoff``). Counters are kept
+    per target (``stats``) and in total (``delivered``, ``failed``, ``dropped``).
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[WebhookTarget],
+        *,
+        names: Sequence[str] | None = None,
+        backoff: float = 1.0,
+        max_backoff: float = MAX_BACKOFF,
+        queue_size: int | Sequence[int] = 1000,
+        per_target: int = 4,
+        transport: httpx.AsyncBaseTransport | None = None,
+        logger: logging.Logger = log,
+        what: str = "notification",
+    ) -> None:
+        self.targets = list(targets)
+        self.names = list(names) if names is not None else [f"webhook #{i}" for i in range(len(self.targets))]
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        sizes = [queue_size] * len(self.targets) if isinstance(queue_size, int) else list(queue_size)
+        self.queue_sizes = sizes
+        self.per_target = per_target
+        self.log = logger
+        self.what = what
+        self._transport = transport
+        self._queue: asyncio.Queue[WebhookItem] = asyncio.Queue()  # bounded by the per-target counts
+        self._pending = [0] * len(self.targets)  # queued + being delivered, per target
+        self._idle: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._limits: list[asyncio.Semaphore] = []
+        self._client: httpx.AsyncClient | None = None
+        self._stopped = False
+        self.stats = [{"delivered": 0, "failed": 0, "dropped": 0} for _ in self.targets]
+
+    delivered = property(lambda self: sum(s["delivered"] for s in self.stats))
+    failed = property(lambda self: sum(s["failed"] for s in self.stats))
+    dropped = property(lambda self: sum(s["dropped"] for s in self.stats))
+
+    def where(self, index: int) -> str:
+        return f"{self.names[index]} ({safe_url(self.targets[index].url)})"
+
+    def queued(self, index: int) -> int:
+        return self._pending[index]
+
+    # ------------------------------------------------------------ enqueueing
+
+    def put(self, items: Sequence[WebhookItem]) -> None:
+        """Queue ``items`` from any thread; returns at once."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if self._loop is not None and running is not self._loop:
+            self._loop.call_soon_threadsafe(self._enqueue, list(items))
+        else:
+            self._enqueue(items)
+
+    def _enqueue(self, items: Sequence[WebhookItem]) -> None:
+        for item in items:
+            i = item.index
+            if self._stopped or self._pending[i] >= self.queue_sizes[i]:
+                self.stats[i]["dropped"] += 1
+                self.log.warning("%s: queue full (%d), dropped %s", self.where(i), self.queue_sizes[i], item.label,
+                                 extra={"event": "webhook_dropped", **item.extra})
+                continue
+            self._queue.put_nowait(item)
+            self._pending[i] += 1
+            if self._idle is not None:
+                self._idle.clear()
+
+    # ------------------------------------------------------------ running
+
+    def start(self) -> None:
+        """Start the worker in the running loop (a no-op without targets)."""
+        if self._worker is not None or not self.targets:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._idle = asyncio.Event()
+        if not any(self._pending):
+            self._idle.set()
+        self._limits = [asyncio.Semaphore(self.per_target) for _ in self.targets]
+        self._client = httpx.AsyncClient(
+            follow_redirects=False, transport=self._transport,
+            headers={"User-Agent": f"pgwarden/{__version__} (webhook)"},
+        )
+        self._worker = asyncio.create_task(self._run(), name="pgwarden-webhooks")
+
+    async def stop(self, timeout: float = 2.0) -> int:
+        """Stop taking items, give deliveries in flight ``timeout`` seconds, then cancel them.
+
+        Returns how many were not delivered (also counted as dropped)."""
+        self._stopped = True
+        left = sum(self._pending)
+        if self._worker is None:
+            for i, n in enumerate(self._pending):
+                self.stats[i]["dropped"] += n
+            if left:
+                self.log.warning("webhooks: %d %s(s) not delivered (never started)", left, self.what,
+                                 extra={"event": "webhook_dropped"})
+            return left
+        if left and self._idle is not None:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        left = list(self._pending)
+        self._worker.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(self._worker, *self._tasks, return_exceptions=True)
+        self._worker = None
+        for i, n in enumerate(left):
+            self.stats[i]["dropped"] += n
+        if sum(left):
+            self.log.warning("webhooks: %d %s(s) not delivered at shutdown", sum(left), self.what,
+                             extra={"event": "webhook_dropped"})
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        return sum(left)
+
+    async def _run(self) -> None:
+        while True:
+            item = await self._queue.get()
+            task = asyncio.create_task(self._deliver(item), name=f"pgwarden-webhook-{item.index}")
+            self._tasks.add(task)
+            task.add_done_callback(lambda t, i=item.index: self._done(t, i))
+
+    def _done(self, task: asyncio.Task[None], index: int) -> None:
+        self._tasks.discard(task)
+        self._pending[index] -= 1
+        if not any(self._pending) and self._idle is not None:
+            self._idle.set()
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("webhook delivery failed unexpectedly", exc_info=task.exception())
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        delay = self.backoff * (2 ** (attempt - 1))
+        if response is not None and response.status_code == 429:
+            try:
+                delay = max(delay, float(response.headers.get("retry-after", "")))
+            except ValueError:
+                pass
+        return min(delay, self.max_backoff)
+
+    async def _deliver(self, item: WebhookItem) -> None:
+        index, label = item.index, item.label
+        config = self.targets[index]
+        where = self.where(index)
+        extra = {"event": "webhook_failed", **item.extra}
+        assert self._client is not None
+        async with self._limits[index]:
+            for attempt in range(1, config.max_attempts + 1):
+                response: httpx.Response | None = None
+                try:
+                    response = await self._client.post(
+                        config.url, content=item.data, timeout=config.timeout,
+                        headers={"Content-Type": "application/json", **config.headers},
+                    )
+                except (httpx.TransportError, httpx.TimeoutException) as exc:
+                    problem = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                else:
+                    status = response.status_code
+                    if 200 <= status < 300:
+                        self.stats[index]["delivered"] += 1
+                        self.log.debug("%s: delivered %s (attempt %d)", where, label, attempt)
+                        return
+                    problem = f"HTTP {status}"
+                    if not (status >= 500 or status == 429):
+                        self.stats[index]["failed"] += 1
+                        self.log.warning("%s: %s refused with %s; not retried", where, label, problem, extra=extra)
+                        return
+                if attempt >= config.max_attempts:
+                    break
+                delay = self._delay(attempt, response)
+                self.log.info("%s: %s failed (%s), attempt %d of %d; retrying in %.3gs",
+                              where, label, problem, attempt, config.max_attempts, delay,
+                              extra={"event": "webhook_retry", **item.extra})
+                await asyncio.sleep(delay)
+        self.stats[index]["failed"] += 1
+        self.log.warning("%s: gave up on %s after %d attempt(s): %s",
+                         where, label, config.max_attempts, problem, extra=extra)
+
+
 class WebhookNotifier:
-    """``notify`` enqueues; ``start`` (inside the loop) runs the worker; ``await stop()`` drains briefly.
+    """Approval notifications: ``notify`` builds the bodies and hands them to a :class:`WebhookDelivery`.
 
     ``backoff`` is the first retry delay (doubling, capped at ``max_backoff``);
     ``per_webhook`` bounds concurrent deliveries to one webhook.
@@ -125,165 +345,35 @@ class WebhookNotifier:
     ) -> None:
         self.configs = list(configs)
         self.links = links
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.queue_size = queue_size
-        self.per_webhook = per_webhook
-        self._transport = transport
-        self._queue: asyncio.Queue[tuple[int, str, str, bytes]] = asyncio.Queue(maxsize=queue_size)
-        self._pending = 0  # queued + being delivered (bounded by queue_size)
-        self._idle: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._worker: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._limits: list[asyncio.Semaphore] = []
-        self._client: httpx.AsyncClient | None = None
-        self._stopped = False
-        self.delivered = 0
-        self.failed = 0
-        self.dropped = 0
+        self.delivery = WebhookDelivery(self.configs, backoff=backoff, max_backoff=max_backoff,
+                                        queue_size=queue_size, per_target=per_webhook, transport=transport)
 
-    # ------------------------------------------------------------ enqueueing
+    delivered = property(lambda self: self.delivery.delivered)
+    failed = property(lambda self: self.delivery.failed)
+    dropped = property(lambda self: self.delivery.dropped)
+    _tasks = property(lambda self: self.delivery._tasks)
 
     def notify(self, event: str, request: ApprovalRequest) -> None:
         """Queue ``event`` for every webhook that wants it; returns at once, never raises."""
         try:
             wanted = [i for i, c in enumerate(self.configs) if event in c.events]
-            if not wanted or self._stopped:
+            if not wanted or self.delivery._stopped:
                 return
             links = self.links(request.id)
             items = []
             for index in wanted:
                 body = webhook_body(self.configs[index].format, event, request, links)
                 data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-                items.append((index, event, request.id, data))
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if self._loop is not None and running is not self._loop:
-                self._loop.call_soon_threadsafe(self._enqueue, items)
-            else:
-                self._enqueue(items)
+                items.append(WebhookItem(index, data, f"the {event} notification of request {request.id}",
+                                   {"request": request.id}))
+            self.delivery.put(items)
         except Exception:
             log.exception("webhook notification for %s (%s) not queued", getattr(request, "id", "?"), event)
 
-    def _enqueue(self, items: list[tuple[int, str, str, bytes]]) -> None:
-        for item in items:
-            if self._stopped or self._pending >= self.queue_size:
-                self.dropped += 1
-                log.warning(
-                    "webhook #%d (%s): queue full (%d), dropped the %s notification of request %s",
-                    item[0], safe_url(self.configs[item[0]].url), self.queue_size, item[1], item[2],
-                    extra={"event": "webhook_dropped", "request": item[2]},
-                )
-                continue
-            self._queue.put_nowait(item)  # cannot be full: _pending counts it
-            self._pending += 1
-            if self._idle is not None:
-                self._idle.clear()
-
-    # ------------------------------------------------------------ running
-
     def start(self) -> None:
         """Start the worker in the running loop (a no-op without webhooks)."""
-        if self._worker is not None or not self.configs:
-            return
-        self._loop = asyncio.get_running_loop()
-        self._idle = asyncio.Event()
-        if self._pending == 0:
-            self._idle.set()
-        self._limits = [asyncio.Semaphore(self.per_webhook) for _ in self.configs]
-        self._client = httpx.AsyncClient(
-            follow_redirects=False, transport=self._transport,
-            headers={"User-Agent": f"pgwarden/{__version__} (webhook)"},
-        )
-        self._worker = asyncio.create_task(self._run(), name="pgwarden-webhooks")
+        self.delivery.start()
 
     async def stop(self, timeout: float = 2.0) -> None:
         """Stop taking notifications, give deliveries in flight ``timeout`` seconds, then cancel them."""
-        self._stopped = True
-        if self._worker is None:
-            if self._pending:
-                log.warning("webhooks: %d notification(s) not delivered (never started)", self._pending,
-                            extra={"event": "webhook_dropped"})
-            return
-        if self._pending and self._idle is not None:
-            try:
-                await asyncio.wait_for(self._idle.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
-        left = self._pending
-        self._worker.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(self._worker, *self._tasks, return_exceptions=True)
-        self._worker = None
-        if left:
-            log.warning("webhooks: %d notification(s) not delivered at shutdown", left,
-                        extra={"event": "webhook_dropped"})
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    async def _run(self) -> None:
-        while True:
-            item = await self._queue.get()
-            task = asyncio.create_task(self._deliver(*item), name=f"pgwarden-webhook-{item[0]}")
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._pending -= 1
-        if self._pending <= 0 and self._idle is not None:
-            self._idle.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("webhook delivery failed unexpectedly", exc_info=task.exception())
-
-    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        delay = self.backoff * (2 ** (attempt - 1))
-        if response is not None and response.status_code == 429:
-            try:
-                delay = max(delay, float(response.headers.get("retry-after", "")))
-            except ValueError:
-                pass
-        return min(delay, self.max_backoff)
-
-    async def _deliver(self, index: int, event: str, request_id: str, data: bytes) -> None:
-        config = self.configs[index]
-        where = f"webhook #{index} ({safe_url(config.url)})"
-        extra = {"event": "webhook_failed", "request": request_id}
-        assert self._client is not None
-        async with self._limits[index]:
-            for attempt in range(1, config.max_attempts + 1):
-                response: httpx.Response | None = None
-                try:
-                    response = await self._client.post(
-                        config.url, content=data, timeout=config.timeout,
-                        headers={"Content-Type": "application/json", **config.headers},
-                    )
-                except (httpx.TransportError, httpx.TimeoutException) as exc:
-                    problem = f"{type(exc).__name__}: {exc}".rstrip(": ")
-                else:
-                    status = response.status_code
-                    if 200 <= status < 300:
-                        self.delivered += 1
-                        log.debug("%s: delivered %s of request %s (attempt %d)", where, event, request_id, attempt)
-                        return
-                    problem = f"HTTP {status}"
-                    if not (status >= 500 or status == 429):
-                        self.failed += 1
-                        log.warning("%s: %s notification of request %s refused with %s; not retried",
-                                    where, event, request_id, problem, extra=extra)
-                        return
-                if attempt >= config.max_attempts:
-                    break
-                delay = self._delay(attempt, response)
-                log.info("%s: %s notification of request %s failed (%s), attempt %d of %d; retrying in %.3gs",
-                         where, event, request_id, problem, attempt, config.max_attempts, delay,
-                         extra={"event": "webhook_retry", "request": request_id})
-                await asyncio.sleep(delay)
-        self.failed += 1
-        log.warning("%s: gave up on the %s notification of request %s after %d attempt(s): %s",
-                    where, event, request_id, config.max_attempts, problem, extra=extra)
+        await self.delivery.stop(timeout)

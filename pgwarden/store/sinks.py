@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..config_audit import JsonlSinkConfig, SinksConfig, SyslogSinkConfig
 
-__all__ = ["AuditSinks", "format_syslog", "record_header", "SD_ID"]
+__all__ = ["AuditSinks", "format_syslog", "syslog_message", "header_field", "record_header", "SD_ID"]
 
 log = logging.getLogger("pgwarden.audit")
 
@@ -87,7 +87,7 @@ def _sd_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 
-def _header_field(value: str | None, limit: int) -> str:
+def header_field(value: str | None, limit: int) -> str:
     """A header field: printable US-ASCII without spaces, at most ``limit`` characters, or ``-``."""
     text = "".join(c for c in (value or "") if "!" <= c <= "~")[:limit]
     return text or "-"
@@ -105,7 +105,7 @@ def _cut_utf8(data: bytes, size: int) -> bytes:
 def format_syslog(
     seq: int, body: bytes, facility: int, hostname: str, app_name: str, procid: str, limit: int | None = None
 ) -> bytes:
-    """One RFC 5424 message: ``<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [SD] BOM body``.
+    """One RFC 5424 message for an audit record: ``<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [SD] BOM body``.
 
     ``hostname``, ``app_name`` and ``procid`` must already be valid header
     fields (:class:`AuditSinks` sanitises them once). With ``limit`` (datagram
@@ -114,12 +114,21 @@ def format_syslog(
     record stays in the store, and the SIEM sees that it got only a part.
     """
     at, record_type, session = record_header(body)
-    pri = facility * 8 + _severity(record_type, body)
-    sd = f'[{SD_ID} seq="{seq}"'
-    if session is not None:
-        sd += f' session="{_sd_escape(session)}"'
-    msgid = _header_field(record_type, 32)
-    head = f"<{pri}>1 {_header_field(at, 64)} {hostname} {app_name} {procid} {msgid} {sd}"
+    params = [("seq", str(seq))] + ([("session", session)] if session is not None else [])
+    return syslog_message(facility * 8 + _severity(record_type, body), at, record_type, params, body,
+                          hostname, app_name, procid, limit)
+
+
+def syslog_message(
+    pri: int, at: str | None, msgid: str | None, params: Sequence[tuple[str, str]], body: bytes,
+    hostname: str, app_name: str, procid: str, limit: int | None = None,
+) -> bytes:
+    """The RFC 5424 framing shared by audit records and alerts (pgwarden/alerts/sinks.py).
+
+    ``params`` become the ``pgwarden@32473`` SD element's PARAM-VALUEs (escaped here).
+    """
+    sd = f"[{SD_ID}" + "".join(f' {name}="{_sd_escape(value)}"' for name, value in params)
+    head = f"<{pri}>1 {header_field(at, 64)} {hostname} {app_name} {procid} {header_field(msgid, 32)} {sd}"
     prefix = (head + "] ").encode() + BOM
     if limit is not None and len(prefix) + len(body) > limit:
         prefix = (head + f' truncated="{len(body)}"] ').encode() + BOM
@@ -127,7 +136,7 @@ def format_syslog(
     return prefix + body
 
 
-class _Sink:
+class Sink:
     """A bounded queue plus a delivery task; subclasses open, deliver and close.
 
     ``down`` means the last connect failed: records are then dropped in
@@ -136,6 +145,7 @@ class _Sink:
     """
 
     name = "sink"
+    what = "audit sink"  # for the log
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -188,7 +198,7 @@ class _Sink:
                         self.wake.clear()
                         continue
                     if self.down:
-                        log.info("audit sink %s: delivering again", self.name)
+                        log.info("%s %s: delivering again", self.what, self.name)
                     self.connected, self.down, backoff = True, False, 0.0
                 if not self.queue:
                     if self.stopping:
@@ -229,7 +239,7 @@ class _Sink:
         self.errors += 1
         self.last_error = f"{what}: {exc!r}" if not str(exc) else f"{what}: {exc}"
         if not self.down:
-            log.warning("audit sink %s: %s; dropping records until it recovers", self.name, self.last_error)
+            log.warning("%s %s: %s; dropping records until it recovers", self.what, self.name, self.last_error)
 
     def note_error(self, exc: BaseException) -> None:
         """An asynchronous transport error (ICMP unreachable, daemon gone): reconnect before the next batch."""
@@ -249,7 +259,7 @@ class _Sink:
 
 
 class _DatagramProtocol(asyncio.DatagramProtocol):
-    def __init__(self, sink: _Sink) -> None:
+    def __init__(self, sink: Sink) -> None:
         self.sink = sink
 
     def error_received(self, exc: Exception) -> None:
@@ -260,7 +270,7 @@ class _DatagramProtocol(asyncio.DatagramProtocol):
             self.sink.note_error(exc)
 
 
-class _SyslogSink(_Sink):
+class SyslogSink(Sink):
     """RFC 5424 over UDP (one datagram per record), TCP (RFC 6587 octet counting) or a Unix socket.
 
     A Unix path is tried as a datagram socket first (/dev/log); if it is a
@@ -273,8 +283,8 @@ class _SyslogSink(_Sink):
     def __init__(self, config: SyslogSinkConfig, hostname: str, limit: int) -> None:
         super().__init__(limit)
         self.config = config
-        self.hostname = _header_field(hostname, 255)
-        self.app_name = _header_field(config.app_name, 48)
+        self.hostname = header_field(hostname, 255)
+        self.app_name = header_field(config.app_name, 48)
         self.procid = str(os.getpid())
         self.mode = "datagram" if config.protocol in ("udp", "unix") else "octets"
         self.transport: asyncio.BaseTransport | None = None
@@ -320,13 +330,16 @@ class _SyslogSink(_Sink):
             return not (self.writer.is_closing() or (self.reader is not None and self.reader.at_eof()))
         return self.transport is not None and not self.transport.is_closing()
 
+    def format(self, seq: int, body: bytes, limit: int | None) -> bytes:
+        """One message (alert sinks override this to frame alerts instead of records)."""
+        return format_syslog(seq, body, self.config.facility, self.hostname, self.app_name, self.procid, limit)
+
     async def deliver(self, batch: list[tuple[int, bytes]]) -> None:
-        cfg, host, app, pid = self.config, self.hostname, self.app_name, self.procid
         if self.mode == "datagram":
             transport: Any = self.transport
             assert transport is not None
             for seq, body in batch:
-                transport.sendto(format_syslog(seq, body, cfg.facility, host, app, pid, DATAGRAM_MAX))
+                transport.sendto(self.format(seq, body, DATAGRAM_MAX))
             # Datagram transports buffer without limit when the socket is full: wait here instead,
             # so the backlog stays in the bounded queue (and overflows there, counted).
             while transport.get_write_buffer_size() > DATAGRAM_HIGH_WATER and not transport.is_closing():
@@ -336,7 +349,7 @@ class _SyslogSink(_Sink):
         assert writer is not None
         frames = []
         for seq, body in batch:
-            msg = format_syslog(seq, body, cfg.facility, host, app, pid)
+            msg = self.format(seq, body, None)
             if self.mode == "octets":
                 frames.append(b"%d " % len(msg))
                 frames.append(msg)
@@ -444,7 +457,7 @@ class _JsonlFile:
             self.fd = None
 
 
-class _JsonlSink(_Sink):
+class _JsonlSink(Sink):
     """Each body plus ``\\n`` appended to a file (created 0600), one worker job per batch."""
 
     name = "jsonl"
@@ -485,10 +498,10 @@ class AuditSinks:
     """
 
     def __init__(self, config: SinksConfig, hostname: str | None = None) -> None:
-        self._sinks: list[_Sink] = []
+        self._sinks: list[Sink] = []
         host = hostname or socket.gethostname()
         if config.syslog is not None:
-            self._sinks.append(_SyslogSink(config.syslog, host, config.queue_size))
+            self._sinks.append(SyslogSink(config.syslog, host, config.queue_size))
         if config.jsonl is not None:
             self._sinks.append(_JsonlSink(config.jsonl, config.queue_size))
         self._tasks: list[asyncio.Task] = []
