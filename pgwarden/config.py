@@ -333,6 +333,12 @@ class Config(_Strict):
         unknown = sorted(r for r in self.approvals.role_names() if r not in self.roles)
         if unknown:
             raise ValueError(f"approvals: unknown role(s) {', '.join(unknown)}")
+        users = {u.name for u in self.users}
+        unknown = sorted(r for r in self.alerts.exfiltration.roles
+                         if not (r[5:] in users if r.startswith("user:") else r in self.roles))
+        if unknown:
+            raise ValueError(f"alerts.exfiltration.roles: unknown role(s) {', '.join(unknown)} "
+                             "(a configured role, or user:NAME for a static user)")
         if self.approvals.enabled and not self.audit_enabled:
             raise ValueError(
                 "approvals.enabled: approvals live in the audit store, and session recording is off "

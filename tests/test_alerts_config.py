@@ -19,8 +19,20 @@ from pgwarden.store.sinks import record_header
 
 
 def config(**alerts):
+    from pgwarden.session.scram import make_verifier
+
     return parse_config({"targets": {"app": {"host": "h", "database": "d", "user": "u", "password": "p"}},
+                         "users": [{"name": "alice", "scram_verifier": make_verifier("pw"), "targets": ["app"]}],
+                         "roles": {"agent": {"targets": ["app"]}},
                          "alerts": alerts})
+
+
+def test_exfiltration_thresholds_name_known_roles_only():
+    assert config(exfiltration={"roles": {"agent": {"rows": 5}, "user:alice": {"rows": 5}}}).alerts.exfiltration.active
+    for unknown in ("agnet", "user:bob"):
+        with pytest.raises(ConfigError) as info:
+            config(exfiltration={"roles": {unknown: {"rows": 5}}})
+        assert "alerts.exfiltration.roles: unknown role(s) " + unknown in str(info.value)
 
 
 class Clock:

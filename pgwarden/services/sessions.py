@@ -343,5 +343,9 @@ def _detail(rtype: str, f: dict[str, Any]) -> str:
             comment = f": {f['comment']}" if f.get("comment") else ""
             return f"request {rid}: {event} by {f.get('reviewer', '?')} via {f.get('via', '?')}{comment} -> {f.get('status')}"
         return f"request {rid}: {event}" + (f" ({f['reason']})" if f.get("reason") else "")
+    if rtype == "alert":
+        count = f.get("count") or 1
+        return (f"alert {f.get('kind', '?')} ({f.get('severity', '?')}): {f.get('title', '')}"
+                + (f" ({count} times)" if count != 1 else ""))
     return json.dumps(f, ensure_ascii=False, sort_keys=True)[:200]
 
