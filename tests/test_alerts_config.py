@@ -212,12 +212,20 @@ def test_engine_maps_hooks_to_kinds_and_records_each_alert(caplog):
     assert e.stats()["sinks"]["log"]["delivered"] == len(kinds)
 
 
-def test_without_thresholds_statements_pay_for_no_completion_hook():
+def test_without_thresholds_the_completion_hook_only_looks_at_refusals():
+    """The plain engine hooks ``completed`` (tests/test_alerts_attacks.py: the relay refuses some
+    statements without the pipeline's ``decided``, e.g. a FunctionCall); for a statement that
+    was not refused it is one class check: no alert, no per-session state."""
     from pgwarden.observe import overridden
 
-    plain, _, _ = engine()
-    assert type(plain) is AlertEngine and not overridden(plain, "completed")
+    plain, writer, _ = engine()
+    assert type(plain) is AlertEngine and not overridden(plain, "session_started")
     assert overridden(plain, "decided") and overridden(plain, "authenticated")
+    allowed = stmt("SELECT 1")
+    allowed.verdict = ALLOW
+    allowed.tags.append("SELECT 1")
+    plain.completed(allowed)
+    assert writer.records == [] and allowed.session.extra == {}
     watching, _, _ = engine(exfiltration={"bytes": "1MB"})
     assert overridden(watching, "completed") and overridden(watching, "session_started")
 
@@ -234,8 +242,12 @@ def test_engine_filters_and_rate_limits_per_sink():
     clock.now += 10
     e._limits()
     sinks = e.stats()["sinks"]
-    assert sinks["all"]["delivered"] == 3  # two, then the summary of the three held back
+    # Two warnings, the critical alert at once (never held by a rate limit: see
+    # tests/test_alerts_attacks.py), then the summary of the two warnings held back.
+    assert sinks["all"]["delivered"] == 4
     assert sinks["high"]["delivered"] == 1 and sinks["no-blocks"]["delivered"] == 1
+    critical = [r for r in writer.records if r["kind"] == "audit_store_unavailable"]
+    assert len(critical) == 1 and "all" in critical[0]["sinks"]
     summary = [r for r in writer.records if r["kind"] == "alerts_suppressed"]
-    assert len(summary) == 1 and summary[0]["count"] == 3 and summary[0]["severity"] == "critical"
-    assert summary[0]["details"]["kinds"] == {"statement_blocked": 2, "audit_store_unavailable": 1}
+    assert len(summary) == 1 and summary[0]["count"] == 2 and summary[0]["severity"] == "warning"
+    assert summary[0]["details"]["kinds"] == {"statement_blocked": 2}

@@ -23,12 +23,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from ..identity.reasons import REVOKED, refusal_code
+from ..identity.reasons import REVOKED
 from ..observe import Observer
 from ..session.verdict import Deny
 from ..store.records import make_record
 from .limits import Deduper, FailureCounter, Suppressed
-from .model import Alert
+from .model import Alert, login_refusal_code, one_line, short_name
 from .sinks import AlertSink, build_sinks
 from .verifier import run_verification, spec_for
 
@@ -41,6 +41,10 @@ STATEMENT_CHARS = 300
 #: Refusals that are not failed credentials (a scanner, a client that went away, the throttle itself).
 _NOT_CREDENTIALS = frozenset({"client_gone", "bad_startup", "tls_required", "protocol_violation", "throttled"})
 _ROW_TAGS = ("SELECT ", "FETCH ", "COPY ")
+#: Refusals the pipeline reported to ``decided``, per session, until they complete (bounded).
+_DENIED = "_alerts_denied"
+_MAX_DENIED = 10000
+REASON_CHARS = 500
 
 
 def _clip(text: str | None, limit: int = STATEMENT_CHARS) -> str:
@@ -140,8 +144,8 @@ class AlertEngine(Observer):
         """Raise an alert (any thread; hooks call it on the loop). Never raises."""
         try:
             now = self.clock()
-            alert = Alert(kind, self.alerts.severity_of(kind), title, text, key=key, first_at=now, last_at=now,
-                          **facts)
+            alert = Alert(kind, self.alerts.severity_of(kind), one_line(title), one_line(text), key=key,
+                          first_at=now, last_at=now, **facts)
             if alert.session and not alert.sessions:
                 alert.sessions = [alert.session]
             if self._loop is not None and threading.get_ident() != self._thread:
@@ -235,7 +239,7 @@ class AlertEngine(Observer):
     def _who(info: Any) -> tuple[str | None, str]:
         identity = info.extra.get("identity")
         subject = getattr(identity, "subject", None) if identity is not None else None
-        return subject, subject or info.user
+        return subject, short_name(subject or info.user)
 
     def decided(self, stmt: Any, verdict: Any) -> None:
         if verdict.__class__ is not Deny:
@@ -243,6 +247,30 @@ class AlertEngine(Observer):
             if decision is not None and decision.alerts:
                 self._flagged(stmt, decision)
             return
+        info = stmt.session
+        denied = info.extra.get(_DENIED)
+        if denied is None:
+            denied = info.extra[_DENIED] = set()
+        elif len(denied) >= _MAX_DENIED:
+            denied.clear()  # completions never came (cannot happen in a live session): stay bounded
+        denied.add(stmt)  # completed() knows this refusal was seen here
+        self._refused(stmt, verdict)
+
+    def completed(self, stmt: Any) -> None:
+        """Refusals the pipeline never reported to ``decided``: the relay refuses some statements
+        itself (a FunctionCall, an Execute of a portal being re-bound, a stage that raised, a
+        Rewrite at Execute). The client got an error all the same, so they raise alerts too.
+        Called for every statement: one class check for the ones that were not refused."""
+        verdict = stmt.verdict
+        if verdict is None or verdict.__class__ is not Deny:
+            return
+        denied = stmt.session.extra.get(_DENIED)
+        if denied is not None and stmt in denied:
+            denied.discard(stmt)
+            return
+        self._refused(stmt, verdict)
+
+    def _refused(self, stmt: Any, verdict: Any) -> None:
         rule = verdict.rule or ""
         if rule.startswith(("audit.", "approvals.")):
             return  # the store's and the approvals' own alerts say it better
@@ -253,7 +281,8 @@ class AlertEngine(Observer):
         self.raise_alert(
             "masking_refused" if masking else "statement_blocked", f"{rule}|{who}|{info.target}",
             f"{what} ({rule or 'no rule'})",
-            f"{who} from {_host(info.client_addr)} on {info.target}: {verdict.message} — {_clip(stmt.text)}",
+            f"{who} from {_host(info.client_addr)} on {info.target}: {verdict.message} — "
+            f"{_clip(stmt.text) or '(' + str(stmt.kind) + ')'}",
             session=info.id, subject=subject, user=info.user, client=info.client_addr, target=info.target,
             rule=verdict.rule, details={"statement": _clip(stmt.text), "sqlstate": verdict.sqlstate,
                                         "message": verdict.message},
@@ -273,30 +302,34 @@ class AlertEngine(Observer):
     def authenticated(self, event: Any) -> None:
         if event.outcome != "refused":
             return
-        code = refusal_code(event.reason)
+        # The user name comes from the startup packet (up to 10 kB, any text): bounded in keys,
+        # titles and facts, and never trusted to classify the refusal.
+        code = login_refusal_code(event.reason, event.user)
         host = _host(event.client_addr)
-        facts = dict(session=event.session_id, subject=event.subject, user=event.user, client=event.client_addr,
-                     target=event.target)
+        user = short_name(event.user)
+        reason = _clip(event.reason, REASON_CHARS)
+        facts = dict(session=event.session_id, subject=event.subject, user=short_name(event.user, 256),
+                     client=event.client_addr, target=event.target)
         if code == REVOKED:
-            who = event.subject or event.user
+            who = short_name(event.subject) or user
             self.raise_alert("revoked_identity", f"{who}|{host}", f"Revoked credential used by {who}",
-                             f"A revoked token or API key tried to log in as {event.user} from {host}: {event.reason}",
-                             details={"reason": event.reason, "code": code}, **facts)
+                             f"A revoked token or API key tried to log in as {user} from {host}: {reason}",
+                             details={"reason": reason, "code": code}, **facts)
         if self.failures is None or code in _NOT_CREDENTIALS:
             return
         threshold, window = self.failures.threshold, self.failures.window
         by_client = self.failures.add(f"client:{host}")
-        by_user = self.failures.add(f"user:{event.user}")
+        by_user = self.failures.add(f"user:{user}")
         if by_client >= threshold:
             key, what = f"client:{host}", f"from {host}"
         elif by_user >= threshold:
-            key, what = f"user:{event.user}", f"for user {event.user}"
+            key, what = f"user:{user}", f"for user {user}"
         else:
             return
         self.raise_alert("auth_failures", key, f"{threshold}+ failed logins {what}",
-                         f"At least {threshold} failed logins {what} within {window:g} s; latest as {event.user} "
-                         f"from {host}: {event.reason}",
-                         details={"threshold": threshold, "window_s": window, "code": code, "reason": event.reason},
+                         f"At least {threshold} failed logins {what} within {window:g} s; latest as {user} "
+                         f"from {host}: {reason}",
+                         details={"threshold": threshold, "window_s": window, "code": code, "reason": reason},
                          **facts)
 
     def approval_event(self, request: Any, event: Any) -> None:
@@ -372,9 +405,7 @@ class AlertEngine(Observer):
 
 
 class ExfiltrationAlertEngine(AlertEngine):
-    """The engine plus the per-session row and byte accounting, used only when thresholds are set:
-    observers are called only for the hooks their class overrides, so without thresholds no
-    statement pays for ``completed``."""
+    """The engine plus the per-session row and byte accounting, used only when thresholds are set."""
 
     def session_started(self, info: Any) -> None:
         if self.exfil is None:
@@ -390,6 +421,7 @@ class ExfiltrationAlertEngine(AlertEngine):
             info.extra["_alerts_exfil"] = limits
 
     def completed(self, stmt: Any) -> None:
+        AlertEngine.completed(self, stmt)
         info = stmt.session
         state: _Exfil | None = info.extra.get("_alerts_exfil")
         if state is None:

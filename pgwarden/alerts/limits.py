@@ -10,8 +10,9 @@ failed logins) is under a client's control.
   summary carries the count. A window that closed with repeats re-opens
   quietly, so a loop that keeps going sends one summary per window, not an
   immediate alert after each.
-* :class:`RateLimiter`: at most ``max`` alerts per ``per`` seconds to one sink;
-  the excess is counted per kind and reported once the period ends.
+* :class:`RateLimiter`: at most ``max`` alerts per ``per`` seconds to one sink and
+  severity (critical alerts are never held); the excess is counted per kind and
+  reported once the period ends.
 * :class:`FailureCounter`: failures per key within a sliding window, keeping
   at most ``threshold`` timestamps per key and a bounded number of keys.
 """
@@ -118,46 +119,69 @@ class Suppressed:
 
 
 class RateLimiter:
-    """A fixed window per sink: ``allow(alert)`` is False beyond ``max`` alerts in ``per`` seconds."""
+    """Per sink, one fixed window **per severity**: ``allow(alert)`` is False beyond ``max`` alerts
+    of that severity in ``per`` seconds; **critical** alerts are never held back.
+
+    Why per severity: what feeds the limit (refused statements, flagged rules) is under a
+    database client's control. With one shared budget, a flood of warnings would use it up
+    and a ``revoked_identity`` or ``exfiltration`` alert would wait a whole period, then
+    arrive only as a count in ``alerts_suppressed``. Critical alerts (the trail cannot be
+    written or failed verification) are rare, de-duplicated, and must never wait.
+    """
 
     def __init__(self, max_alerts: int, per: float, clock: Clock) -> None:
         self.max = max_alerts
         self.per = per
         self.clock = clock
-        self.started = 0.0
-        self.sent = 0
+        self._buckets: dict[str, list[float]] = {}  # severity -> [period start, sent in it]
         self._held: Suppressed | None = None
+        self._due_at = 0.0  # when the held alerts' summary is due
         self.suppressed = 0  # in total
+        self.bypassed = 0  # critical alerts, never limited
 
     def allow(self, alert: Alert) -> bool:
+        severity = alert.severity
+        if severity == "critical":
+            self.bypassed += 1
+            return True
         now = self.clock()
-        if now - self.started >= self.per and self._held is None:
-            self.started, self.sent = now, 0
-        if self.sent < self.max:
-            self.sent += 1
+        bucket = self._buckets.get(severity)
+        if bucket is None:
+            bucket = self._buckets[severity] = [now, 0]
+        elif now - bucket[0] >= self.per and self._held is None:
+            bucket[0], bucket[1] = now, 0
+        if bucket[1] < self.max:
+            bucket[1] += 1
             return True
         self.suppressed += 1
         held = self._held
         if held is None:
-            self._held = Suppressed(1, {alert.kind: 1}, alert.severity, now, now)
+            self._held = Suppressed(1, {alert.kind: 1}, severity, now, now)
+            self._due_at = bucket[0] + self.per
         else:
             held.count += 1
             held.kinds[alert.kind] = held.kinds.get(alert.kind, 0) + 1
             held.last = now
-            if severity_rank(alert.severity) > severity_rank(held.severity):
-                held.severity = alert.severity
+            if severity_rank(severity) > severity_rank(held.severity):
+                held.severity = severity
+            self._due_at = min(self._due_at, bucket[0] + self.per)
         return False
 
     def due(self, force: bool = False) -> Suppressed | None:
-        """What was held back, once the period is over (``force``: now); starts the next period."""
+        """What was held back, once its period is over (``force``: now); starts the next periods."""
         held = self._held
         if held is None:
             return None
         now = self.clock()
-        if not force and now - self.started < self.per:
+        if not force and now < self._due_at:
             return None
         self._held = None
-        self.started, self.sent = now, 1  # the summary itself counts against the new period
+        for bucket in self._buckets.values():
+            if now - bucket[0] >= self.per:
+                bucket[0], bucket[1] = now, 0
+        # The summary itself counts against the (new) period of its severity.
+        bucket = self._buckets.setdefault(held.severity, [now, 0])
+        bucket[1] += 1
         return held
 
 

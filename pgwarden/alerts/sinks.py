@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 from ..services.webhooks import WebhookDelivery, WebhookItem, slack_escape
@@ -110,6 +111,18 @@ class SyslogAlertTransport(SyslogSink):
 
     what = "alert sink"
 
+    def offer(self, records: Sequence[tuple[int, bytes]]) -> None:
+        """As the audit transport's, except that a full queue makes room for a more severe alert
+        by dropping its least severe queued one: a flood of warnings to a slow receiver must not
+        crowd out a critical alert. (Entries are ``(syslog severity, body)``: lower is more severe.)"""
+        for entry in records:
+            if not self.down and not self.stopping and len(self.queue) >= self.limit and self.queue:
+                victim = max(range(len(self.queue)), key=lambda i: (self.queue[i][0], i))
+                if self.queue[victim][0] > entry[0]:
+                    del self.queue[victim]
+                    self.dropped += 1
+            super().offer([entry])
+
     def format(self, seq: int, body: bytes, limit: int | None) -> bytes:
         data = json.loads(body)
         params = [("id", data["id"]), ("kind", data["kind"]), ("severity", data["severity"]),
@@ -161,7 +174,7 @@ class WebhookSink(AlertSink):
         build = slack_payload if self.config.format == "slack" else json_payload
         data = json.dumps(build(alert, gateway), ensure_ascii=False, separators=(",", ":"), default=str).encode()
         label = f"the {alert.kind} alert {alert.id}"
-        self.delivery.put([WebhookItem(self.index, data, label, {"alert": alert.id})])
+        self.delivery.put([WebhookItem(self.index, data, label, {"alert": alert.id}, severity_rank(alert.severity))])
 
     def stats(self) -> dict[str, int]:
         s = self.delivery.stats[self.index]

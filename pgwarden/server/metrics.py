@@ -36,7 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .. import __version__
-from ..identity.reasons import refusal_code
+from ..alerts.model import login_refusal_code
 from ..observe import Observer
 from ..session.verdict import Allow, Deny, Rewrite
 
@@ -101,6 +101,7 @@ class GatewayMetrics(Observer):
         self.approval_events: dict[str, int] = {}
         self._pending: int | None = None
         self._pending_at = float("-inf")
+        self._counting: asyncio.Future | None = None  # the one count under way (concurrent scrapes share it)
         # -- audit (records written are read from the writer at scrape time: its inline fast
         # path, flush_now, counts them without calling audit_written)
         self.audit_failures = 0
@@ -121,7 +122,8 @@ class GatewayMetrics(Observer):
     def authenticated(self, event: Any) -> None:
         _bump(self.auth, (event.outcome, event.method or "none"))
         if event.outcome != "ok":
-            _bump(self.auth_failures, refusal_code(event.reason))
+            # Not refusal_code(event.reason) alone: the reason quotes the client's user name.
+            _bump(self.auth_failures, login_refusal_code(event.reason, event.user))
 
     def session_started(self, info: Any) -> None:
         self._live[info.id] = info
@@ -187,6 +189,13 @@ class GatewayMetrics(Observer):
         loop = asyncio.get_running_loop()
         if loop.time() - self._pending_at < _PENDING_REFRESH:
             return
+        # Unauthenticated scrapes may come in any number at once: they share one count.
+        if self._counting is None or self._counting.done():
+            self._counting = asyncio.ensure_future(self._count_pending(broker))
+        await asyncio.shield(self._counting)
+
+    async def _count_pending(self, broker: Any) -> None:
+        loop = asyncio.get_running_loop()
         try:
             pending = await asyncio.wait_for(broker.store.list("pending", 10000), 2.0)
         except Exception as exc:  # the scrape still answers, without this gauge

@@ -11,9 +11,9 @@ slow or dead webhook receiver must never hold a statement, delay a decision
 or fail one. So :meth:`WebhookNotifier.notify` only builds the body and puts
 it in a bounded in-memory queue (1000 per webhook by default; when full the notification
 is dropped with a warning: memory stays bounded however long a receiver is
-down) and returns; it never blocks and never raises. One worker task takes
-deliveries off the queue and runs each as its own task (at most a few at a
-time per webhook), so retrying one receiver never delays another.
+down) and returns; it never blocks and never raises. Each delivery attempt
+runs as its own task (at most a few at a time per webhook, most important
+first), so retrying one receiver never delays another.
 
 Delivery is best effort, at least once while the gateway runs: connection
 errors, timeouts, 5xx and 429 are retried with exponential backoff (1 s,
@@ -29,8 +29,11 @@ by its index and scheme://host/first-path-segment only, because webhook URLs
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -67,8 +70,19 @@ def safe_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{path}"
 
 
+_ZWSP = "\u200b"
+_MENTION = re.compile(r"(?<!\w)@")
+
+
 def slack_escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Text a client chose (SQL, user names) made inert in Slack-style markup.
+
+    ``&``, ``<`` and ``>`` are entities, so ``<!channel>`` or ``<https://evil|click here>`` are
+    shown, not parsed. Mattermost and Teams render the same ``{"text"}`` as Markdown and turn a
+    plain ``@channel`` / ``@here`` / ``@all`` into a mention and ``[text](url)`` into a disguised
+    link: an invisible zero-width space after ``@`` and between ``]`` and ``(`` breaks both."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("](", "]" + _ZWSP + "(")
+    return _MENTION.sub("@" + _ZWSP, text)  # a mention starts a word; alice@example.com stays as it is
 
 
 def _clip(text: str, limit: int = STATEMENT_CHARS) -> str:
@@ -128,17 +142,27 @@ class WebhookItem:
     data: bytes  # the JSON body
     label: str  # what it is, for the log ("the requested notification of request 1a2b...")
     extra: dict[str, Any]  # log record extras (request, alert ids)
+    priority: int = 0  # higher first; when a target's queue is full, a lower one makes room
 
 
 class WebhookDelivery:
     """The delivery core shared by approval notifications and alerts.
 
     ``put`` enqueues (any thread; never blocks, never raises); ``start`` (inside
-    the loop) runs the worker; ``await stop()`` drains briefly. Each target has
+    the loop) starts delivering; ``await stop()`` drains briefly. Each target has
     its own bound on pending deliveries (``queue_size``) and on concurrent ones
     (``per_target``), so a hung receiver fills only its own share. ``backoff`` is
     the first retry delay (doubling, capped at ``max_backoff``). Counters are kept
     per target (``stats``) and in total (``delivered``, ``failed``, ``dropped``).
+
+    Items carry a ``priority`` (alerts: their severity): a target's waiting items
+    go out highest first, a full queue makes room for a new item by dropping its
+    lowest-priority waiting one (if lower than the new one's), and an item waiting
+    to be retried gives its slot back meanwhile. So a flood of warnings to a slow
+    or failing receiver never makes a critical alert wait behind them or drop.
+    Each attempt is bounded as a whole by the target's ``timeout`` (a receiver
+    that trickles its answer cannot stretch it), and the response body is never
+    read (an endless body costs nothing).
     """
 
     def __init__(
@@ -164,13 +188,16 @@ class WebhookDelivery:
         self.log = logger
         self.what = what
         self._transport = transport
-        self._queue: asyncio.Queue[WebhookItem] = asyncio.Queue()  # bounded by the per-target counts
-        self._pending = [0] * len(self.targets)  # queued + being delivered, per target
+        # Per target: a heap of (-priority, seq, attempt, item) waiting for a slot.
+        self._waiting: list[list[tuple[int, int, int, WebhookItem]]] = [[] for _ in self.targets]
+        self._active = [0] * len(self.targets)  # deliveries in flight
+        self._pending = [0] * len(self.targets)  # waiting + in flight + waiting to be retried, per target
+        self._seq = itertools.count()
         self._idle: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self._running = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._limits: list[asyncio.Semaphore] = []
+        self._retries: dict[object, asyncio.TimerHandle] = {}  # items waiting to be retried
         self._client: httpx.AsyncClient | None = None
         self._stopped = False
         self.stats = [{"delivered": 0, "failed": 0, "dropped": 0} for _ in self.targets]
@@ -198,35 +225,53 @@ class WebhookDelivery:
         else:
             self._enqueue(items)
 
+    def _drop(self, item: WebhookItem, why: str) -> None:
+        i = item.index
+        self.stats[i]["dropped"] += 1
+        self.log.warning("%s: %s, dropped %s", self.where(i), why, item.label,
+                         extra={"event": "webhook_dropped", **item.extra})
+
     def _enqueue(self, items: Sequence[WebhookItem]) -> None:
         for item in items:
             i = item.index
-            if self._stopped or self._pending[i] >= self.queue_sizes[i]:
-                self.stats[i]["dropped"] += 1
-                self.log.warning("%s: queue full (%d), dropped %s", self.where(i), self.queue_sizes[i], item.label,
-                                 extra={"event": "webhook_dropped", **item.extra})
+            if self._stopped:
+                self._drop(item, "stopped")
                 continue
-            self._queue.put_nowait(item)
-            self._pending[i] += 1
+            waiting = self._waiting[i]
+            if self._pending[i] >= self.queue_sizes[i]:
+                # Full: the lowest-priority waiting item (the newest among equals) makes room
+                # for a more important one; otherwise the new one is dropped.
+                victim = max(waiting) if waiting else None
+                if victim is None or -victim[0] >= item.priority:
+                    self._drop(item, f"queue full ({self.queue_sizes[i]})")
+                    continue
+                waiting.remove(victim)
+                heapq.heapify(waiting)
+                self._drop(victim[3], f"queue full ({self.queue_sizes[i]}), made room for {item.label}")
+            else:
+                self._pending[i] += 1
+            heapq.heappush(waiting, (-item.priority, next(self._seq), 1, item))
             if self._idle is not None:
                 self._idle.clear()
+            self._kick(i)
 
     # ------------------------------------------------------------ running
 
     def start(self) -> None:
-        """Start the worker in the running loop (a no-op without targets)."""
-        if self._worker is not None or not self.targets:
+        """Start delivering in the running loop (a no-op without targets)."""
+        if self._running or not self.targets:
             return
         self._loop = asyncio.get_running_loop()
         self._idle = asyncio.Event()
         if not any(self._pending):
             self._idle.set()
-        self._limits = [asyncio.Semaphore(self.per_target) for _ in self.targets]
         self._client = httpx.AsyncClient(
             follow_redirects=False, transport=self._transport,
             headers={"User-Agent": f"pgwarden/{__version__} (webhook)"},
         )
-        self._worker = asyncio.create_task(self._run(), name="pgwarden-webhooks")
+        self._running = True
+        for i in range(len(self.targets)):
+            self._kick(i)
 
     async def stop(self, timeout: float = 2.0) -> int:
         """Stop taking items, give deliveries in flight ``timeout`` seconds, then cancel them.
@@ -234,9 +279,11 @@ class WebhookDelivery:
         Returns how many were not delivered (also counted as dropped)."""
         self._stopped = True
         left = sum(self._pending)
-        if self._worker is None:
+        if not self._running:
             for i, n in enumerate(self._pending):
                 self.stats[i]["dropped"] += n
+                self._pending[i] = 0
+                self._waiting[i].clear()
             if left:
                 self.log.warning("webhooks: %d %s(s) not delivered (never started)", left, self.what,
                                  extra={"event": "webhook_dropped"})
@@ -246,14 +293,21 @@ class WebhookDelivery:
                 await asyncio.wait_for(self._idle.wait(), timeout)
             except asyncio.TimeoutError:
                 pass
+        self._running = False
         left = list(self._pending)
-        self._worker.cancel()
-        for task in list(self._tasks):
+        for handle in self._retries.values():
+            handle.cancel()
+        self._retries.clear()
+        for waiting in self._waiting:
+            waiting.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(self._worker, *self._tasks, return_exceptions=True)
-        self._worker = None
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
         for i, n in enumerate(left):
             self.stats[i]["dropped"] += n
+            self._pending[i] = 0
         if sum(left):
             self.log.warning("webhooks: %d %s(s) not delivered at shutdown", sum(left), self.what,
                              extra={"event": "webhook_dropped"})
@@ -262,20 +316,50 @@ class WebhookDelivery:
             self._client = None
         return sum(left)
 
-    async def _run(self) -> None:
-        while True:
-            item = await self._queue.get()
-            task = asyncio.create_task(self._deliver(item), name=f"pgwarden-webhook-{item.index}")
+    def _kick(self, index: int) -> None:
+        """Start waiting deliveries of ``index`` while it has free slots (highest priority first)."""
+        if not self._running:
+            return
+        waiting = self._waiting[index]
+        while waiting and self._active[index] < self.per_target:
+            _, _, attempt, item = heapq.heappop(waiting)
+            self._active[index] += 1
+            task = asyncio.create_task(self._deliver(item, attempt), name=f"pgwarden-webhook-{index}")
             self._tasks.add(task)
-            task.add_done_callback(lambda t, i=item.index: self._done(t, i))
+            task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task[None], index: int) -> None:
+    def _done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
-        self._pending[index] -= 1
-        if not any(self._pending) and self._idle is not None:
-            self._idle.set()
-        if not task.cancelled() and task.exception() is not None:
-            self.log.error("webhook delivery failed unexpectedly", exc_info=task.exception())
+        if task.cancelled():
+            return
+        item, retry_in, attempt = None, None, 0
+        exc = task.exception()
+        if exc is not None:
+            self.log.error("webhook delivery failed unexpectedly", exc_info=exc)
+        else:
+            item, retry_in, attempt = task.result()
+        index = item.index if item is not None else self._index_of(task)
+        self._active[index] -= 1
+        if retry_in is not None and self._running and self._loop is not None:
+            # The slot is free while it waits: more important items go first meanwhile.
+            token = object()
+            self._retries[token] = self._loop.call_later(retry_in, self._retry, token, item, attempt)
+        else:
+            self._pending[index] -= 1
+            if not any(self._pending) and self._idle is not None:
+                self._idle.set()
+        self._kick(index)
+
+    @staticmethod
+    def _index_of(task: asyncio.Task) -> int:
+        return int(task.get_name().rsplit("-", 1)[1])
+
+    def _retry(self, token: object, item: WebhookItem, attempt: int) -> None:
+        self._retries.pop(token, None)
+        if not self._running:
+            return
+        heapq.heappush(self._waiting[item.index], (-item.priority, next(self._seq), attempt, item))
+        self._kick(item.index)
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
         delay = self.backoff * (2 ** (attempt - 1))
@@ -284,45 +368,53 @@ class WebhookDelivery:
                 delay = max(delay, float(response.headers.get("retry-after", "")))
             except ValueError:
                 pass
-        return min(delay, self.max_backoff)
+        return min(delay, self.max_backoff) if delay == delay else self.max_backoff  # NaN: the cap
 
-    async def _deliver(self, item: WebhookItem) -> None:
+    async def _post(self, config: WebhookTarget, data: bytes) -> httpx.Response:
+        """One attempt: the status and headers, the body never read, the whole bounded by ``timeout``."""
+        assert self._client is not None
+        request = self._client.build_request(
+            "POST", config.url, content=data, timeout=config.timeout,
+            headers={"Content-Type": "application/json", **config.headers},
+        )
+        response = await asyncio.wait_for(self._client.send(request, stream=True), config.timeout)
+        await response.aclose()  # do not read what the receiver sends back
+        return response
+
+    async def _deliver(self, item: WebhookItem, attempt: int) -> tuple[WebhookItem, float | None, int]:
+        """One attempt; ``(item, seconds until the retry or None, next attempt)``."""
         index, label = item.index, item.label
         config = self.targets[index]
         where = self.where(index)
         extra = {"event": "webhook_failed", **item.extra}
-        assert self._client is not None
-        async with self._limits[index]:
-            for attempt in range(1, config.max_attempts + 1):
-                response: httpx.Response | None = None
-                try:
-                    response = await self._client.post(
-                        config.url, content=item.data, timeout=config.timeout,
-                        headers={"Content-Type": "application/json", **config.headers},
-                    )
-                except (httpx.TransportError, httpx.TimeoutException) as exc:
-                    problem = f"{type(exc).__name__}: {exc}".rstrip(": ")
-                else:
-                    status = response.status_code
-                    if 200 <= status < 300:
-                        self.stats[index]["delivered"] += 1
-                        self.log.debug("%s: delivered %s (attempt %d)", where, label, attempt)
-                        return
-                    problem = f"HTTP {status}"
-                    if not (status >= 500 or status == 429):
-                        self.stats[index]["failed"] += 1
-                        self.log.warning("%s: %s refused with %s; not retried", where, label, problem, extra=extra)
-                        return
-                if attempt >= config.max_attempts:
-                    break
-                delay = self._delay(attempt, response)
-                self.log.info("%s: %s failed (%s), attempt %d of %d; retrying in %.3gs",
-                              where, label, problem, attempt, config.max_attempts, delay,
-                              extra={"event": "webhook_retry", **item.extra})
-                await asyncio.sleep(delay)
-        self.stats[index]["failed"] += 1
-        self.log.warning("%s: gave up on %s after %d attempt(s): %s",
-                         where, label, config.max_attempts, problem, extra=extra)
+        response: httpx.Response | None = None
+        try:
+            response = await self._post(config, item.data)
+        except (httpx.TransportError, httpx.TimeoutException) as exc:
+            problem = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        except asyncio.TimeoutError:
+            problem = f"no complete answer within {config.timeout:g}s"
+        else:
+            status = response.status_code
+            if 200 <= status < 300:
+                self.stats[index]["delivered"] += 1
+                self.log.debug("%s: delivered %s (attempt %d)", where, label, attempt)
+                return item, None, attempt
+            problem = f"HTTP {status}"
+            if not (status >= 500 or status == 429):
+                self.stats[index]["failed"] += 1
+                self.log.warning("%s: %s refused with %s; not retried", where, label, problem, extra=extra)
+                return item, None, attempt
+        if attempt >= config.max_attempts:
+            self.stats[index]["failed"] += 1
+            self.log.warning("%s: gave up on %s after %d attempt(s): %s",
+                             where, label, config.max_attempts, problem, extra=extra)
+            return item, None, attempt
+        delay = self._delay(attempt, response)
+        self.log.info("%s: %s failed (%s), attempt %d of %d; retrying in %.3gs",
+                      where, label, problem, attempt, config.max_attempts, delay,
+                      extra={"event": "webhook_retry", **item.extra})
+        return item, delay, attempt + 1
 
 
 class WebhookNotifier:
