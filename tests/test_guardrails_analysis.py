@@ -208,3 +208,24 @@ def test_masked_numbers_share_one_analysis_for_inlined_literals():
     misses = analyzer.misses
     again = analyzer.analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 987 AND x > 0.25 LIMIT 3")
     assert again is first and analyzer.misses == misses
+
+
+def test_where_clauses_that_never_look_at_the_row_count_as_none():
+    import json
+
+    from pglast.parser import parse_sql_json
+
+    from pgwarden.policy.analysis.where import filters_rows
+
+    def where(sql: str):
+        stmt = json.loads(parse_sql_json(sql))["stmts"][0]["stmt"]
+        return next(iter(stmt.values())).get("whereClause")
+
+    for sql in ("DELETE FROM t", "DELETE FROM t WHERE true", "DELETE FROM t WHERE 0 = 0 OR true",
+                "DELETE FROM t WHERE id = id", "DELETE FROM t WHERE t.id >= t.id", "DELETE FROM t WHERE $1",
+                "DELETE FROM t WHERE NOT (1 = 2)", "DELETE FROM t WHERE id = 5 OR now() > '2000-01-01'"):
+        assert not filters_rows(where(sql)), sql
+    for sql in ("DELETE FROM t WHERE id = $1", "DELETE FROM t WHERE CURRENT OF c", "DELETE FROM t WHERE id = 1 AND true",
+                "DELETE FROM t WHERE id = 1 OR id = 2", "DELETE FROM t WHERE id = other_id",
+                "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.id = t.uid)", "DELETE FROM t WHERE id IS NULL"):
+        assert filters_rows(where(sql)), sql

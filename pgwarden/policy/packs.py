@@ -60,7 +60,7 @@ def _truncate(f: StatementFacts, ctx: SessionContext) -> str | None:
 
 def _no_where(f: StatementFacts, ctx: SessionContext) -> str | None:
     if f.has_where is False:
-        return "UPDATE and DELETE need a WHERE clause"
+        return "UPDATE and DELETE need a WHERE clause that filters rows"
     return None
 
 

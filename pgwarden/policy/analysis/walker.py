@@ -31,6 +31,7 @@ from typing import Any
 
 from .facts import DDL, READ, WRITE, Column, Name
 from .utility import UtilityMixin, _name, _strings
+from .where import filters_rows
 
 __all__ = ["Walker", "Scope"]
 
@@ -368,7 +369,9 @@ class Walker(UtilityMixin):
         return level, target
 
     def _where(self, body: dict) -> None:
-        has = body.get("whereClause") is not None
+        # A condition that never looks at the row (WHERE true, WHERE 0 = 0 OR true, WHERE id = id)
+        # touches every row like no WHERE at all (where.py).
+        has = filters_rows(body.get("whereClause"))
         self.has_where = has if self.has_where is None else (self.has_where and has)
 
     def n_UpdateStmt(self, body: dict, scope: Scope) -> None:
