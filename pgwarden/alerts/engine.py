@@ -23,12 +23,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from ..identity.reasons import REVOKED
+from ..identity.reasons import REVOKED, refusal_code
 from ..observe import Observer
 from ..session.verdict import Deny
 from ..store.records import make_record
 from .limits import Deduper, FailureCounter, Suppressed
-from .model import Alert, login_refusal_code, one_line, short_name
+from .model import Alert, one_line, short_name
 from .sinks import AlertSink, build_sinks
 from .verifier import run_verification, spec_for
 
@@ -304,7 +304,7 @@ class AlertEngine(Observer):
             return
         # The user name comes from the startup packet (up to 10 kB, any text): bounded in keys,
         # titles and facts, and never trusted to classify the refusal.
-        code = login_refusal_code(event.reason, event.user)
+        code = refusal_code(event.reason, event.user)
         host = _host(event.client_addr)
         user = short_name(event.user)
         reason = _clip(event.reason, REASON_CHARS)

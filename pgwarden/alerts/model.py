@@ -9,16 +9,14 @@ kinds and what raises each). ``SEVERITIES`` is ordered: a sink's
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..identity.reasons import REVOKED, refusal_code
 from ..store.records import iso_time
 
 __all__ = ["Alert", "KINDS", "SEVERITIES", "SYSLOG_SEVERITY", "severity_rank", "MAX_SESSIONS",
-           "login_refusal_code", "one_line", "short_name"]
+           "one_line", "short_name"]
 
 SEVERITIES = ("info", "warning", "high", "critical")
 
@@ -51,10 +49,6 @@ _UNSAFE = {c: f"\\u{c:04x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0), 0x
                                       *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F)}
 _UNSAFE.update({ord("\n"): " ", ord("\r"): " ", ord("\t"): " "})
 
-#: The forms a real revocation takes in a login refusal's reason (after the user name is removed).
-_REVOKED_FORM = re.compile(
-    r"^(?:authentication failed for user : )?"
-    r"(?:access for .* was revoked$|api key rejected \(revoked\)|token rejected \(revoked\))", re.DOTALL)
 NAME_CHARS = 64
 
 
@@ -74,21 +68,6 @@ def short_name(name: str | None, limit: int = NAME_CHARS) -> str:
         return name
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
     return f"{name[: limit - 14]}…{digest}"
-
-
-def login_refusal_code(reason: str | None, user: str | None) -> str:
-    """:func:`~pgwarden.identity.reasons.refusal_code` of a refused login, robust to what the
-    client wrote into the reason: the user name (quoted in it) is removed first, and
-    ``revoked`` is only believed in the forms revocations really take. Otherwise a user
-    name (or a startup parameter, or a SASL mechanism name) containing "was revoked"
-    would raise a high-severity ``revoked_identity`` alert per distinct name."""
-    text = reason or ""
-    if user:
-        text = text.replace(repr(user), "")
-    code = refusal_code(text)
-    if code == REVOKED and not _REVOKED_FORM.match(text):
-        code = refusal_code(text.replace("was revoked", "").replace("(revoked)", "()"))
-    return code
 
 
 def severity_rank(severity: str) -> int:

@@ -40,8 +40,30 @@ _FIXED = (
 )
 
 
-def refusal_code(reason: str) -> str:
-    """``token_expired``, ``api_key_revoked``, ``revoked``, ``bad_password``, ... or ``other``."""
+#: The forms a real revocation takes in a refusal's reason (once the user name is removed).
+_REVOKED_FORM = re.compile(
+    r"^(?:authentication failed for user : )?"
+    r"(?:access for .* was revoked$|api key rejected \(revoked\)|token rejected \(revoked\))", re.DOTALL)
+
+
+def refusal_code(reason: str | None, user: str | None = None) -> str:
+    """``token_expired``, ``revoked``, ``bad_password``, ... or ``other``.
+
+    Robust to what a client writes into the reason: the login's ``user`` (quoted in
+    it) is removed first, and ``revoked`` is only believed in the forms revocations
+    really take. Otherwise a user name, a startup parameter or a SASL mechanism
+    name containing "was revoked" would pass for a revoked identity (a high
+    severity alert, per distinct name)."""
+    text = reason or ""
+    if user:
+        text = text.replace(repr(user), "")
+    code = _code(text)
+    if code == REVOKED and not _REVOKED_FORM.match(text):
+        code = _code(text.replace("was revoked", "").replace("(revoked)", "()"))
+    return code
+
+
+def _code(reason: str) -> str:
     if not reason:
         return "other"
     m = _TOKEN.search(reason)

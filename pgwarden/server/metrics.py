@@ -36,7 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .. import __version__
-from ..alerts.model import login_refusal_code
+from ..identity.reasons import refusal_code
 from ..observe import Observer
 from ..session.verdict import Allow, Deny, Rewrite
 
@@ -123,7 +123,7 @@ class GatewayMetrics(Observer):
         _bump(self.auth, (event.outcome, event.method or "none"))
         if event.outcome != "ok":
             # Not refusal_code(event.reason) alone: the reason quotes the client's user name.
-            _bump(self.auth_failures, login_refusal_code(event.reason, event.user))
+            _bump(self.auth_failures, refusal_code(event.reason, event.user))
 
     def session_started(self, info: Any) -> None:
         self._live[info.id] = info
