@@ -337,6 +337,30 @@ def test_stuck_tcp_receiver_never_blocks_submit(loop: str) -> None:
     run(main(), loop)
 
 
+def test_a_receiver_that_stops_reading_is_dropped_and_reconnected(monkeypatch) -> None:
+    """A SIEM that keeps the TCP connection open but reads nothing must not wedge the sink forever:
+    after STALL_TIMEOUT the batch is dropped (counted), the connection closed and opened again."""
+    monkeypatch.setattr(sinks_mod, "STALL_TIMEOUT", 0.3)
+
+    async def main() -> None:
+        receiver = await TcpReceiver(read=False).start()
+        sinks = AuditSinks(syslog_config("tcp", "127.0.0.1", receiver.port, queue_size=1000), hostname=HOST)
+        await sinks.start()
+        one = rec(1, text="z" * 8000)
+        for _ in range(50):
+            for _ in range(100):
+                sinks.submit([one])
+            await asyncio.sleep(0.02)
+            if len(receiver.writers) >= 2:
+                break
+        assert len(receiver.writers) >= 2, "the stalled connection was never replaced"
+        assert sinks.take_drop_report() > 0
+        await sinks.stop(0.3)
+        await receiver.stop()
+
+    run(main(), "asyncio")
+
+
 # ---------------------------------------------------------------- Unix sockets
 
 

@@ -51,6 +51,9 @@ BACKOFF_MIN = 0.2  # seconds before the second reconnect attempt (the first is i
 BACKOFF_MAX = 30.0
 STREAM_HIGH_WATER = 256 * 1024  # bytes buffered in a stream transport before drain() waits
 DATAGRAM_HIGH_WATER = 1 << 20  # same for datagram transports, which buffer without limit
+#: A receiver that keeps the connection open but stops reading gets this long to take a batch;
+#: then the connection is dropped (the batch counted as dropped) and opened again.
+STALL_TIMEOUT = 30.0
 
 _HEAD = re.compile(
     rb'\{"v":1,"seq":\d+,"at":"([^"]{1,40})","type":"([a-z_]{1,32})","session":(null|"(?:[^"\\]|\\.){0,256}")'
@@ -342,7 +345,10 @@ class SyslogSink(Sink):
                 transport.sendto(self.format(seq, body, DATAGRAM_MAX))
             # Datagram transports buffer without limit when the socket is full: wait here instead,
             # so the backlog stays in the bounded queue (and overflows there, counted).
+            deadline = asyncio.get_running_loop().time() + STALL_TIMEOUT
             while transport.get_write_buffer_size() > DATAGRAM_HIGH_WATER and not transport.is_closing():
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"the socket took nothing for {STALL_TIMEOUT:g} s")
                 await asyncio.sleep(0.01)
             return
         writer = self.writer
@@ -356,7 +362,10 @@ class SyslogSink(Sink):
             else:
                 frames.append(msg + b"\n")
         writer.write(b"".join(frames))
-        await writer.drain()
+        try:
+            await asyncio.wait_for(writer.drain(), STALL_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"the receiver read nothing for {STALL_TIMEOUT:g} s") from None
 
     async def flush(self) -> None:
         if self.writer is not None and not self.writer.is_closing():
