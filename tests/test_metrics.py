@@ -305,7 +305,7 @@ def test_health_names_an_unreachable_upstream_and_a_failing_audit_store(failing,
             conn.execute("SELECT 1")
         assert refused.value.sqlstate == "58030"
         body = wait_health(gw, ["audit", "upstream:down"])
-        assert body["checks"]["audit"]["ok"] is False and body["checks"]["audit"]["error"]
+        assert body["checks"]["audit"]["ok"] is False and body["checks"]["audit"]["error"] == "store_failed"
         samples = scrape(url)
         assert value(samples, "pgwarden_audit_store_up") == 0
         assert value(samples, "pgwarden_audit_failures_total") == 1

@@ -272,8 +272,10 @@ class AlertEngine(Observer):
 
     def _refused(self, stmt: Any, verdict: Any) -> None:
         rule = verdict.rule or ""
-        if rule.startswith(("audit.", "approvals.")):
-            return  # the store's and the approvals' own alerts say it better
+        if rule.startswith(("audit.", "approvals.")) or rule == "client.cancel":
+            # The store's and the approvals' own alerts say it better; a client that cancelled
+            # its own held statement was refused nothing.
+            return
         info = stmt.session
         subject, who = self._who(info)
         masking = rule.startswith("masking.")
