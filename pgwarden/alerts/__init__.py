@@ -8,12 +8,9 @@ that the config (which only needs :mod:`.model`) stays light.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 __all__ = ["build_alerts"]
-
-log = logging.getLogger("pgwarden.alerts")
 
 
 def build_alerts(config: Any, gateway: Any) -> Any:
@@ -23,11 +20,5 @@ def build_alerts(config: Any, gateway: Any) -> Any:
         return None
     from .engine import make_engine
 
-    roles = set(getattr(config, "roles", {}) or {})
-    users = {u.name for u in getattr(config, "users", ())}
-    for name in alerts.exfiltration.roles:
-        known = name[5:] in users if name.startswith("user:") else name in roles
-        if not known:
-            log.warning("alerts.exfiltration.roles: %r is neither a configured role nor user:<a static user>; "
-                        "its thresholds never apply", name, extra={"event": "config_warning"})
+    # Unknown role names in exfiltration thresholds are a config error (Config._cross_checks).
     return make_engine(config, getattr(gateway, "audit_writer", None), getattr(gateway, "gateway_id", ""))
