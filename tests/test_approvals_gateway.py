@@ -104,6 +104,12 @@ def test_hold_then_deny_refuses_with_who_and_keeps_the_transaction_true(env, pg)
     assert f"request {request.id} was denied by local:" in message and "not during the freeze" in message
     assert status == TransactionStatus.INERROR and after == (7,)
     assert value(pg, "hold_items", 2) == "b" and env.get(request.id).status == "denied"
+    # Reviewers and the security team hear of it (docs/alerts.md): both alerts, recorded in the trail.
+    alerts = env.wait_records(lambda r: r["type"] == "alert" and (r.get("details") or {}).get("request") == request.id
+                              and r["kind"] == "approval_denied", "approval_denied alert")
+    assert "not during the freeze" in alerts[0]["text"] and alerts[0]["severity"] == "warning"
+    assert env.wait_records(lambda r: r["type"] == "alert" and r["kind"] == "approval_requested"
+                            and (r.get("details") or {}).get("request") == request.id, "approval_requested alert")
 
 
 def test_hold_then_timeout(env, pg):

@@ -112,6 +112,14 @@ def test_derived_and_filter_rules_refuse(env):
             conn.execute("SELECT id FROM customers ORDER BY ssn")
         # The session is still usable and a filter on an unmasked column works.
         assert conn.execute("SELECT email FROM customers WHERE id = 2").fetchone() == ("****",)
+    # Each refusal is a masking_refused alert (docs/alerts.md), recorded in the trail.
+    deadline = time.monotonic() + 10
+    while True:
+        alerts = [r for r in trail_records(env) if r["type"] == "alert" and r["kind"] == "masking_refused"]
+        if alerts or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert alerts and alerts[0]["severity"] == "warning" and alerts[0]["rule"].startswith("masking.")
 
 
 def test_writes_of_masked_values_and_statistics_are_refused(env):
