@@ -26,13 +26,14 @@ or SQL text (a static user's configured name is its ``role``: ``user:<name>``).
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left
 import logging
 import platform
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .. import __version__
@@ -75,6 +76,28 @@ def session_role(info: Any) -> str:
     return "+".join(roles)
 
 
+class _Buckets:
+    """A histogram's counts without locks: the gateway's loop is the only writer, scrapes read."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+        cumulative, running = [], 0
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts):
+            running += count
+            cumulative.append((bound, running))
+        return HistogramMetricFamily(name, documentation, buckets=cumulative, sum_value=self.total)
+
+
 class GatewayMetrics(Observer):
     """The gateway's counters (hooks) and their exposition (:meth:`render`)."""
 
@@ -107,9 +130,10 @@ class GatewayMetrics(Observer):
         self.audit_failures = 0
         # -- upstreams
         self.upstream_failures: dict[str, int] = {t: 0 for t in config.targets}
-        self.audit_latency = Histogram(
-            "pgwarden_audit_write_seconds", "Time to make one batch of audit records durable (group commit).",
-            registry=self.registry, buckets=_LATENCY_BUCKETS)
+        # Observed once per group commit, which with the SQLite store's inline path is once per
+        # client read: bucket counts in a list (a bisect, ~0.1 µs) instead of prometheus_client's
+        # locked Histogram (~0.5 µs), turned into a histogram family at scrape time.
+        self.audit_latency = _Buckets(_LATENCY_BUCKETS)
         self.upstream_latency = Histogram(
             "pgwarden_upstream_connect_seconds", "Time to connect and log in to a target's PostgreSQL (successes).",
             ["target"], registry=self.registry, buckets=_LATENCY_BUCKETS)
@@ -311,6 +335,8 @@ class _Collector(Collector):
                                   "store failed).", status.get("dropped") or 0)
             yield _scalar_counter("pgwarden_audit_failures", "Times the audit store stopped accepting writes.",
                                   m.audit_failures)
+            yield m.audit_latency.family("pgwarden_audit_write_seconds",
+                                         "Time to make one batch of audit records durable (group commit).")
 
         # -- upstreams
         yield _counter("pgwarden_upstream_connect_failures", "Upstream connects or logins that failed, by target.",
