@@ -213,6 +213,10 @@ from .approvals import approvals_app  # noqa: E402
 
 app.add_typer(approvals_app, name="approvals")
 
+from .alerts import alerts_app  # noqa: E402
+
+app.add_typer(alerts_app, name="alerts")
+
 from .evidence import evidence as _evidence  # noqa: E402
 
 app.command("evidence")(_evidence)
