@@ -2,9 +2,9 @@
 
 Exit status (CI jobs that archive evidence depend on it): 0 when the report was
 written and the period's audit records verified (or there were none); 1 when
-the report was written but verification FAILED (the report says so on every
-page; a job should not file it as clean evidence) or the store could not be
-read; 2 for bad input: bad dates, ``--from`` after ``--to``, no trail, an
+the report was written but verification FAILED or no signed checkpoint covers
+the period's records (the report says so on every page; a job should not file
+it as clean evidence), or the store could not be read; 2 for bad input: bad dates, ``--from`` after ``--to``, no trail, an
 unwritable ``--out``.
 """
 
@@ -31,20 +31,22 @@ def _summary(console: Console, report: dict) -> None:
     for c in report["controls"]:
         style = _STYLE.get(c["status"], "")
         table.add_row(c["label"], c["title"], f"[{style}]{c['status']}[/]", c["reason"])
-    if console is err:
-        console.print(table)  # print_table would move it to stdout, which may be carrying the report
-    else:
-        print_table(console, table)
+    print_table(console, table)  # on stderr when stdout carries the report
     v = report["verification"]
     if v["status"] == "failed":
         kinds = ", ".join(sorted({p["kind"] for p in v["problems"]}))
         console.print(f"[bold red]VERIFICATION FAILED[/] for the period ({kinds}): run `pgwarden audit verify` "
                       "and investigate before using this report as evidence", soft_wrap=True)
+    elif v["status"] == "unsigned":
+        console.print("[bold red]NOT VERIFIED[/]: no signed checkpoint covers the period's records; they cannot be "
+                      "relied on as evidence", soft_wrap=True)
     elif v["status"] == "verified":
         console.print(f"[green]verified[/]: records {v['first_seq']}..{v['last_seq']}, "
                       f"{v['checkpoints']} signed checkpoint(s), key {v['key_id']}", soft_wrap=True)
     else:
-        console.print("[yellow]no audit records in the period[/]")
+        console.print("[yellow]no audit records in the period[/]" + (
+            f" (the records around it, {v['range'][0]}..{v['range'][1]}, verified)"
+            if v.get("range") and v["range"][1] is not None and v.get("records") else ""), soft_wrap=True)
     for warning in v.get("warnings") or []:
         console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
 
@@ -85,4 +87,4 @@ def evidence(
     _summary(console, report)
     if out_path != "-":
         console.print(f"wrote {fmt} report to {out_path}", soft_wrap=True)
-    raise typer.Exit(1 if report["verification"]["status"] == "failed" else 0)
+    raise typer.Exit(1 if report["verification"]["status"] in ("failed", "unsigned") else 0)

@@ -19,8 +19,11 @@ def utc(ts: float | None, seconds: bool = True) -> str:
 
 
 def print_table(out: Console, table: Table) -> None:
-    """Print a table; piped output is not cut to 80 columns, so scripts can grep whole rows."""
+    """Print a table on ``out`` (stdout or stderr, whichever console is given); piped output
+    is not cut to 80 columns, so scripts can grep whole rows."""
     console = out
     if not out.is_terminal:
-        console = Console(highlight=False, width=Measurement.get(out, out.options.update(width=1000), table).maximum)
+        # Same stream as ``out`` (resolved now, so a redirected sys.stdout/sys.stderr is honoured).
+        console = Console(file=out.file, highlight=False,
+                          width=Measurement.get(out, out.options.update(width=1000), table).maximum)
     console.print(table)

@@ -34,6 +34,7 @@ _PRIVILEGED = re.compile(
 # Refusals of input pgwarden could not analyse (pgwarden.policy.analysis.error_rule and friends).
 _INVALID_INPUT = frozenset({"guardrails.syntax", "guardrails.too_complex", "guardrails.too_long", "guardrails.encoding",
                             "guardrails.unparseable", "masking.unparsed"})
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 _LOOPBACK = ("127.", "::1", "[::1]", "local socket", "localhost")
 
 #: Fields a record of each type must carry to say who, what, when, where and outcome (AU-3).
@@ -59,8 +60,11 @@ def deny_source(rule: str | None) -> str:
 
 
 def end_reason(reason: str | None) -> str:
-    """A disconnect reason (free text from the gateway) as a category AC-12 can count."""
-    text = (reason or "").lower()
+    """A disconnect reason (free text from the gateway) as a category AC-12 can count.
+
+    Quoted parts are dropped first: they are names from outside (``subject 'x' revoked``), and
+    a subject called "maximum session" must not turn a revocation into a session limit."""
+    text = _QUOTED.sub("''", reason or "").lower()
     if "maximum session" in text:
         return "max_session"
     if "expired" in text:
@@ -76,9 +80,30 @@ def end_reason(reason: str | None) -> str:
     return "client"
 
 
+# Characters that change how the text around them is displayed without showing themselves: bidi
+# embeddings/overrides/isolates (U+202E can make "DROP" read as "PORD"), zero-width and invisible
+# characters, C0/C1 controls. In a sample they are shown as <U+XXXX> so what an auditor reads is
+# what the client sent.
+INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
+                       "\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb]")
+
+
+def visible(text: str) -> str:
+    """``text`` with invisible and direction-changing characters spelled out as ``<U+XXXX>``."""
+    return INVISIBLE.sub(lambda m: f"<U+{ord(m.group()):04X}>", text)
+
+
 def _clip(text: object, limit: int = _SUMMARY) -> str:
-    s = " ".join(str(text).split()) if text is not None else ""
+    s = str(text) if text is not None else ""
+    if len(s) > 4 * limit:
+        s = s[: 4 * limit]  # a 1 MB statement is not split and joined whole to keep 240 characters of it
+    s = visible(" ".join(s.split()))
     return s if len(s) <= limit else s[: limit - 1] + "\u2026"
+
+
+def _name(value: object, limit: int = 64) -> str:
+    """A record value used inside a counter name: one visible line, bounded."""
+    return _clip(value, limit).replace(" ", "_") or "none"
 
 
 class Collector:
@@ -107,7 +132,7 @@ class Collector:
 
     def _remember(self, bucket: set[str], value: object) -> None:
         if isinstance(value, str) and value and len(bucket) < _MAX_DISTINCT:
-            bucket.add(value)
+            bucket.add(_clip(value, 128))
 
     # ------------------------------------------------------------------ input
 
@@ -150,7 +175,7 @@ class Collector:
         loopback = client.startswith(_LOOPBACK)
         if d.get("tls"):
             c["tls.sessions"] += 1
-            c["tls.version." + str(d["tls"]).split()[0]] += 1
+            c["tls.version." + _name(str(d["tls"]).split()[0] if str(d["tls"]).split() else d["tls"])] += 1
             self._sample("tls", seq, at, "connect", session, f"{d.get('user')}@{d.get('target')} from {client} over {d['tls']}")
         else:
             c["tls.plaintext"] += 1
@@ -159,7 +184,7 @@ class Collector:
         ident = d.get("identity")
         if isinstance(ident, dict):
             c["sessions.identity"] += 1
-            c["sessions.access." + str(ident.get("access") or "none")] += 1
+            c["sessions.access." + _name(ident.get("access") or "none")] += 1
             self._remember(self.subjects, ident.get("subject"))
             who = f"{ident.get('subject')} ({', '.join(map(str, ident.get('roles') or [])) or 'no role'})"
         else:
@@ -173,7 +198,7 @@ class Collector:
     def _auth(self, d: dict, seq: int, at: str, session: str | None) -> None:
         c = self.counts
         outcome = "ok" if d.get("outcome") == "ok" else "refused"
-        method = str(d.get("method") or "unknown")
+        method = _name(d.get("method") or "unknown")
         c["auth." + outcome] += 1
         c[f"auth.{outcome}.{method}"] += 1
         who = d.get("subject") or d.get("user")
@@ -197,7 +222,12 @@ class Collector:
         c["statements." + verdict] += 1
         day = self.daily.setdefault(at[:10], [0, 0, 0, 0])
         day[VERDICTS.index(verdict)] += 1
-        privileged = isinstance(text, str) and _PRIVILEGED.match(text) is not None
+        kind = _name(d.get("kind") or "query")
+        c["statements.kind." + kind] += 1
+        # The extended protocol records a Parse and then each Execute of the same text: a DDL
+        # statement is counted once, at its Execute (or at its Parse when the Parse was refused).
+        privileged = (isinstance(text, str) and not (kind == "parse" and action != "deny")
+                      and _PRIVILEGED.match(text) is not None)
         if privileged:
             c["privileged"] += 1
             c["privileged." + ("deny" if action == "deny" else "allow")] += 1
@@ -206,7 +236,7 @@ class Collector:
             c["statements.alerted"] += 1
         if verdict == "held":
             approval = d["approval"]
-            c["held." + str(approval.get("status") or "unknown")] += 1
+            c["held." + _name(approval.get("status") or "unknown")] += 1
             self._sample("held", seq, at, "statement", session,
                          f"approval {approval.get('request')} ({approval.get('status')}): {text}")
         elif action == "deny":
@@ -225,7 +255,7 @@ class Collector:
     def _result(self, d: dict, seq: int, at: str, session: str | None) -> None:
         c = self.counts
         status = str(d.get("status") or "unknown")
-        c["result." + status] += 1
+        c["result." + _name(status)] += 1
         masked = d.get("masked")
         if isinstance(masked, list) and masked:
             c["masked.results"] += 1
@@ -248,7 +278,7 @@ class Collector:
         self.counts["cancel"] += 1
 
     def _approval(self, d: dict, seq: int, at: str, session: str | None) -> None:
-        event = str(d.get("event") or "unknown")
+        event = _name(d.get("event") or "unknown")
         self.counts["approval." + event] += 1
         who = d.get("requester") or d.get("reviewer") or d.get("by") or ""
         what = d.get("statement") or d.get("comment") or d.get("reason") or ""
@@ -257,8 +287,8 @@ class Collector:
     def _alert(self, d: dict, seq: int, at: str, session: str | None) -> None:
         c = self.counts
         c["alerts"] += 1
-        c["alerts.kind." + str(d.get("kind") or "unknown")] += 1
-        c["alerts.severity." + str(d.get("severity") or "unknown")] += 1
+        c["alerts.kind." + _name(d.get("kind") or "unknown")] += 1
+        c["alerts.severity." + _name(d.get("severity") or "unknown")] += 1
         count = d.get("count")
         c["alerts.events"] += count if isinstance(count, int) and count > 0 else 1
         self._sample("alert", seq, at, "alert", session,
@@ -266,7 +296,7 @@ class Collector:
 
     def _audit(self, d: dict, seq: int, at: str, session: str | None) -> None:
         c = self.counts
-        event = str(d.get("event") or "unknown")
+        event = _name(d.get("event") or "unknown")
         c["audit." + event] += 1
         self._remember(self.gateways, d.get("gateway"))
         dropped = d.get("dropped")

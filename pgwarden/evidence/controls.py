@@ -43,6 +43,11 @@ class Context:
     def failed(self) -> bool:
         return self.verification.get("status") == "failed"
 
+    @property
+    def unreliable(self) -> bool:
+        """The period's records cannot be relied on: verification failed, or no signature covers them."""
+        return self.verification.get("status") in ("failed", "unsigned") or bool(self.verification.get("unsigned_stale"))
+
     def n(self, name: str) -> int:
         return self.col.counts.get(name, 0)
 
@@ -127,6 +132,9 @@ def _signed(ctx: Context) -> tuple[bool, str]:
     if first is None or last_cp is None or last_cp < first:
         return False, "no signed checkpoint covers any record of the period"
     tail = v.get("unsigned_tail")
+    if tail and v.get("unsigned_stale"):
+        return False, (f"records {tail[0]}..{tail[1]} of the period were never signed (older than the checkpoint "
+                       "interval): they could have been altered, forged or cut off without detection")
     if tail:
         return True, f"records {tail[0]}..{tail[1]} are not signed yet (after the last checkpoint)"
     return True, "every record of the period is covered by a signed checkpoint"
@@ -250,6 +258,7 @@ def _ac_3(cfg, ctx: Context) -> Result:
         impl.append(f"{len(cfg.masking.rules)} masking rule(s) decide what each role may read")
     counts = ctx.pick("statements", "statements.allow", "statements.deny", "auth.refused.not_granted",
                       prefix="deny.")
+    counts.update(ctx.pick(prefix="statements.kind."))
     if not cfg.guardrails.enabled and not cfg.roles and not cfg.masking.active:
         return impl, NOT, "no guardrails, roles or masking: clients get the target login's full privileges", counts, []
     if not counts["statements"]:
@@ -268,6 +277,8 @@ def _ac_4(cfg, ctx: Context) -> Result:
         return impl, NOT, "neither masking nor exfiltration guardrails are configured", counts, []
     if not counts["statements"]:
         return impl, NONE, "no statements in the period", counts, []
+    if not counts["masked.results"] and not counts["deny.masking"] and not counts["deny.exfiltration"]:
+        return impl, NONE, "configured, but nothing was masked or refused as exfiltration in the period", counts, []
     reason = f"{counts['masked.results']} result(s) masked ({counts['masked.values']} values), " \
              f"{counts['deny.masking']} statement(s) refused by masking, {counts['deny.exfiltration']} by exfiltration rules"
     if not cfg.masking.active:
@@ -432,9 +443,11 @@ RULES: dict[str, Callable[[Any, Context], Result]] = {
 
 def _one(control: Control, cfg: Any, ctx: Context) -> dict[str, Any]:
     impl, status, reason, counts, samples = RULES[control.label](cfg, ctx)
-    if control.trail and ctx.failed and status == SAT:
+    if control.trail and ctx.unreliable and status == SAT:
         status = NOT
-        reason = f"verification failed for the period, so these records cannot be relied on ({reason})"
+        why = ("verification failed" if ctx.failed else "no signed checkpoint covers the period's records"
+               if ctx.verification.get("status") == "unsigned" else "records of the period were never signed")
+        reason = f"{why} for the period, so these records cannot be relied on ({reason})"
     return {"id": control.id, "label": control.label, "title": control.title, "family": control.family,
             "requirement": control.requirement, "implementation": impl, "status": status, "reason": reason,
             "counts": counts, "samples": samples, "trail": control.trail,

@@ -14,6 +14,8 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from .collect import visible
+
 __all__ = ["render_html"]
 
 _COLORS = {"allow": "#2e7d32", "deny": "#c62828", "rewrite": "#f9a825", "held": "#1565c0"}
@@ -27,7 +29,7 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bo
 h3{margin-bottom:.3em}table{border-collapse:collapse;width:100%;margin:.5em 0 1em;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.3em .5em;text-align:left;vertical-align:top}th{background:#f3f3f3}
 .banner{padding:.8em 1em;border-radius:4px;font-weight:bold;margin:1em 0;color:#fff}
-.ok{background:#2e7d32}.fail{background:#c62828}.none{background:#757575}
+.ok{background:#2e7d32}.fail{background:#c62828}.none{background:#757575}.warn{background:#e65100}
 .badge{display:inline-block;padding:.1em .5em;border-radius:3px;color:#fff;font-size:.85em;white-space:nowrap}
 .mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em;word-break:break-all}
 .muted{color:#666}.control{page-break-inside:avoid;border-top:1px solid #eee;padding-top:.5em}
@@ -38,8 +40,9 @@ dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dt{font-weig
 
 
 def e(value: Any) -> str:
-    """Escape anything for HTML text or attribute values."""
-    return escape("" if value is None else str(value), quote=True)
+    """Escape anything for HTML text or attribute values; invisible and direction-changing
+    characters (U+202E and friends) are spelled out so they cannot reorder what is displayed."""
+    return escape(visible("" if value is None else str(value)), quote=True)
 
 
 def _badge(status: str) -> str:
@@ -59,13 +62,27 @@ def _banner(report: dict[str, Any]) -> str:
         kinds = sorted({p.get("kind") for p in v.get("problems") or []})
         return (f'<div class="banner fail">VERIFICATION FAILED for this period: {e(", ".join(map(str, kinds)))}. '
                 "Controls whose evidence comes from the audit trail are not satisfied.</div>")
+    if status == "unsigned":
+        return ('<div class="banner fail">NOT VERIFIED: no signed checkpoint covers this period\'s records. They '
+                "chain consistently, but anyone who can write the store could have rewritten them. Controls whose "
+                "evidence comes from the audit trail are not satisfied.</div>")
     if status == "no_records":
-        return '<div class="banner none">No audit records in this period: nothing to verify.</div>'
+        text = "No audit records in this period: nothing to verify."
+        if v.get("range") and v["range"][1] is not None and v.get("records"):
+            text = (f"No audit records in this period. The records around it (seqs {e(v['range'][0])}..{e(v['range'][1])}) "
+                    "verified, so none were removed from it without a signed retention checkpoint.")
+        return f'<div class="banner none">{text}</div>'
     text = (f"Audit trail verified: records {e(v.get('first_seq'))}..{e(v.get('last_seq'))} chain correctly and "
             f"{e(v.get('checkpoints'))} signed checkpoint(s) verify with key {e(v.get('key_id'))}.")
-    if v.get("unsigned_tail"):
-        tail = v["unsigned_tail"]
+    tail = v.get("unsigned_tail")
+    if tail and v.get("unsigned_stale"):
+        text += (f" But records {e(tail[0])}..{e(tail[1])} of the period were never signed: they could have been "
+                 "altered, forged or cut off without detection.")
+        return f'<div class="banner warn">{text}</div>'
+    if tail:
         text += f" Records {e(tail[0])}..{e(tail[1])} are not signed yet."
+    if v.get("key_source") == "store meta":
+        text += " The key was read from the store itself; pin it with --public-key."
     return f'<div class="banner ok">{text}</div>'
 
 
@@ -79,7 +96,9 @@ def _system(report: dict[str, Any]) -> str:
         ("Audit store", f"{e(s['store']['backend'])}: <span class=\"mono\">{e(s['store']['location'])}</span>"),
         ("Signing key", f"{e(s.get('public_key_id') or '-')} ({e(v.get('key_source') or 'unknown source')})"),
         ("Config", f"<span class=\"mono\">{e(s.get('config_path') or '-')}</span>"
-                   + (f" sha256 <span class=\"mono\">{e(s['config_sha256'])}</span>" if s.get("config_sha256") else "")),
+                   + (f" sha256 <span class=\"mono\">{e(s['config_sha256'])}</span>" if s.get("config_sha256") else "")
+                   + ". Claims drawn from the configuration describe it at report time, not necessarily the "
+                     "configuration in force during the period."),
     ]
     t = report["totals"]
     rows.append(("Records", f"{t['records']} ({e(', '.join(f'{k} {n}' for k, n in t['by_type'].items()))}); "
@@ -169,7 +188,7 @@ def _control(c: dict[str, Any]) -> str:
            f'<p><b>Requirement.</b> {e(c["requirement"])}</p>',
            f'<p><b>Status.</b> {e(c["status"])}: {e(c["reason"])}</p>',
            f'<p><b>Evidence from.</b> {e(c.get("evidence", ""))}</p>',
-           "<p><b>How pgwarden implements it</b> (from the running configuration):</p><ul>"]
+           "<p><b>How pgwarden implements it</b> (from the configuration at report time):</p><ul>"]
     out += [f"<li>{e(item)}</li>" for item in c["implementation"]]
     out.append("</ul>")
     if c["counts"]:

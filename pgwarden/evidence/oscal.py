@@ -50,6 +50,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .catalog import CONTROLS
+from .collect import visible
 
 __all__ = ["OSCAL_VERSION", "NS", "to_oscal"]
 
@@ -71,7 +72,7 @@ _MAX_TEXT = 400
 def _line(value: Any, limit: int = _MAX_TEXT) -> str:
     """One line, no control characters, bounded: what a prop value or a quoted
     fragment of audit text may be (OSCAL's StringDatatype is ``^\\S(.*\\S)?$``)."""
-    text = " ".join(_CONTROL_CHARS.sub(" ", str(value)).split())
+    text = " ".join(visible(_CONTROL_CHARS.sub(" ", str(value))).split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
@@ -173,6 +174,8 @@ def _verification(report: dict, ids: _Ids, actors: list, subjects: list) -> tupl
         "failed": "**The audit trail FAILED verification.** Records in the period may have been altered, "
         "removed or inserted; findings that rest on the trail cannot be relied on.",
         "no_records": "The audit trail holds no records in the period, so there was nothing to verify.",
+        "unsigned": "**No signed checkpoint covers the period's records.** They chain consistently, but anyone "
+        "who can write the store could have rewritten them; findings that rest on the trail cannot be relied on.",
     }.get(status, f"Verification status '{_md(status)}' is not one pgwarden defines; treat the trail as unverified.")
     detail = [
         f"Records checked: {int(ver.get('records') or 0)} ({span}); signed checkpoints: "
@@ -427,7 +430,7 @@ def to_oscal(report: dict) -> dict:
                 "title": "pgwarden built-in assessment plan",
                 "description": "The plan is fixed by pgwarden: every control in reviewed-controls is judged "
                 "automatically from the audit trail records of the period (or, for configuration-based controls, "
-                "from the running configuration), after the trail's hash chain and signed checkpoints are verified.",
+                "from the configuration at report time), after the trail's hash chain and signed checkpoints are verified.",
                 **_props(_prop("source-format", report.get("format"))),
             }]},
         }

@@ -38,6 +38,7 @@ __all__ = [
     "public_key_text",
     "retention",
     "parse_time",
+    "key_for",
 ]
 
 
@@ -83,7 +84,7 @@ def _load_key_file(path: Path):
         raise AuditServiceError(f"{path}: not a readable Ed25519 public key ({exc})") from exc
 
 
-async def _key_for(config: Config, store: AuditStore, given: Path | None):
+async def key_for(config: Config, store: AuditStore, given: Path | None):
     """(key, where it came from, a warning when the store's and the key file's keys differ)."""
     if given is not None:
         return _load_key_file(given), str(given), None
@@ -114,7 +115,7 @@ async def verify(
     if start is not None and end is not None and end < start:
         raise AuditServiceError("--to must not be less than --from")
     async with reader(config) as store:
-        key, source, mismatch = await _key_for(config, store, public_key)
+        key, source, mismatch = await key_for(config, store, public_key)
         try:
             report = await verify_store(store, key, start=start, end=end, key_source=source)
         except AuditStoreError as exc:
@@ -192,7 +193,7 @@ async def public_key_text(config: Config, store: AuditStore | None = None) -> st
             if not pub.is_file():
                 raise
             return public_pem(_load_key_file(pub))  # no trail yet: the gateway's key file
-    key, _source, _ = await _key_for(config, store, None)
+    key, _source, _ = await key_for(config, store, None)
     return public_pem(key)
 
 
@@ -230,13 +231,13 @@ async def retention(
             if not apply:
                 key = None
                 try:
-                    key, _source, _ = await _key_for(config, store, None)
+                    key, _source, _ = await key_for(config, store, None)
                 except AuditServiceError:
                     pass  # a plan without a key counts any checkpoint
                 return await plan_retention(store, max_age_seconds=seconds, now=now, public_key=key)
             signer = _signer(config)
             try:
-                key, source, _ = await _key_for(config, store, None)
+                key, source, _ = await key_for(config, store, None)
             except AuditServiceError:
                 key, source = None, None
             if key is not None and key_id(key) != signer.key_id:
