@@ -375,6 +375,13 @@ def test_a_postgres_store_and_its_unsigned_columns(pg, pg_trail):
     assert_not_clean(r, "changed")
     details = " ".join(p["detail"] for p in r["verification"]["problems"])
     assert "stored at column" in details and "stored type column" in details
+    # `pgwarden audit verify` checks the columns against the bodies too.
+    from pgwarden.services import audit as audit_service
+
+    report = asyncio.run(audit_service.verify(config))
+    assert not report.ok and report.counts.get("changed") == 2
+    assert {p.seq for p in report.problems} == {40, 75}
+    assert all("column" in p.detail for p in report.problems)
 
 
 def test_a_postgres_store_that_cannot_be_reached_exits_1(tmp_path):

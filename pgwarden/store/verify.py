@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from .base import AuditStore, StoredCheckpoint, StoredRecord
 from .records import GENESIS
 from .signing import key_id, public_key_from_pem, public_path, verify_signature
+from .sinks import record_header
 
 __all__ = [
     "KINDS",
@@ -482,6 +483,19 @@ async def store_public_key(store: AuditStore, key_file: Path | None = None) -> t
     raise VerifyError("no public key: the store has none in meta and no .pub file was found (give one explicitly)")
 
 
+def _check_row_columns(report: VerifyReport, rec: StoredRecord) -> None:
+    """A row's ``at``, ``type`` and ``session`` columns (the indexes that period queries, session
+    listings and replays use) are outside the hash chain: only the body is hashed. Someone who
+    can write the store could move a record out of a time range or retype it without touching
+    the chain, so each column must say what the hashed body says."""
+    at, rtype, session = record_header(rec.body)
+    for name, stored, hashed in (("at", rec.at, at), ("type", rec.type, rtype), ("session", rec.session, session)):
+        if stored != hashed:
+            report.add("changed", rec.seq, None,
+                       f"the stored {name} column ({str(stored)[:40]!r}) differs from the hashed body's "
+                       f"({str(hashed)[:40]!r})")
+
+
 async def verify_store(
     store: AuditStore,
     public_key: Ed25519PublicKey | None = None,
@@ -514,6 +528,7 @@ async def verify_store(
     async for rec in store.records(s, end):
         await feed.before(rec.seq)
         v.add_record(rec.seq, rec.hash, rec.body)
+        _check_row_columns(v.report, rec)
         last = rec.seq
         n += 1
         if n % 5000 == 0:
