@@ -76,6 +76,24 @@ def session_role(info: Any) -> str:
     return "+".join(roles)
 
 
+_tag_cache: dict[str, tuple[str, int] | None] = {}
+
+
+def _tag_rows(tag: str) -> tuple[str, int] | None:
+    """(command, rows) of a command tag that reports rows (``SELECT 5``), cached: tags repeat."""
+    try:
+        return _tag_cache[tag]
+    except KeyError:
+        pass
+    head, _, count = tag.rpartition(" ")
+    command = head.partition(" ")[0]
+    found = (command, int(count)) if count.isdigit() and command in ROW_COMMANDS else None
+    if len(_tag_cache) > 4096:
+        _tag_cache.clear()
+    _tag_cache[tag] = found
+    return found
+
+
 class _Buckets:
     """A histogram's counts without locks: the gateway's loop is the only writer, scrapes read."""
 
@@ -173,11 +191,10 @@ class GatewayMetrics(Observer):
             if cls is Deny:
                 _bump(self.denied, verdict.rule or "none")
         for tag in stmt.tags:
-            head, _, count = tag.rpartition(" ")
-            if count.isdigit():
-                command = head.partition(" ")[0]
-                if command in ROW_COMMANDS:
-                    self.rows[command] = self.rows.get(command, 0) + int(count)
+            found = _tag_rows(tag)
+            if found is not None:
+                command, count = found
+                self.rows[command] = self.rows.get(command, 0) + count
         mask = stmt.mask
         if mask is not None:
             values = _masked_values(mask)
