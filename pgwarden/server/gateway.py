@@ -16,6 +16,7 @@ serves the HTTP API (its admin port): the approval routes when approvals are on,
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import logging
 import secrets
@@ -360,6 +361,11 @@ async def run(config: Config, stages: Sequence[Stage] | None = None, ready=None)
         except (NotImplementedError, RuntimeError):
             pass
     await gateway.start()
+    # Everything imported and built so far lives as long as the process: move it out of the
+    # garbage collector's generations, so the collections the data path triggers do not
+    # walk the libraries (pglast, starlette, uvicorn, prometheus_client ...) every time.
+    gc.collect()
+    gc.freeze()
     if ready is not None:
         ready(gateway)  # after the handlers: a signal right after "ready" still drains
     await stop.wait()
