@@ -115,43 +115,22 @@ class BlackHole:
 
 def start_gateway(workdir: Path, pg, password: str, webhook_port: int, name: str, unlimited: bool,
                   alerts: bool = True, metrics: bool | None = None) -> pc.Proxy:
-    import yaml
-
-    from pgwarden.session.scram import make_verifier
-
-    port = pc.free_port()
-    api_port = pc.free_port()
     workdir = workdir / name
     workdir.mkdir()
-    config = {
-        "listen": {"host": "127.0.0.1", "port": port, "tls": {"mode": "disable"}, "shutdown_grace": 2},
-        "logging": {"level": "warning", "statements": False},
-        "targets": {DB: {"host": pg.host, "port": pg.port, "database": DB, "user": ROLE, "password": password,
-                         "sslmode": "disable"}},
-        "users": [{"name": ROLE, "scram_verifier": make_verifier(password)}],
-        "data_dir": str(workdir / "data"),
-        "guardrails": {"rules": [{"name": "no-history-wipe", "match": {"tables": "pgbench_history",
-                                                                      "command": "DELETE"}, "action": "deny"}]},
-        "api": {"enabled": alerts if metrics is None else metrics, "host": "127.0.0.1", "port": api_port},
-        "alerts": {"enabled": False} if not alerts else {
-            # unlimited: every blocked statement is its own alert and its own POST (the worst case);
-            # otherwise the defaults (repeats within 60 s are one summary; at most 10 alerts a minute per sink).
-            **({"dedupe_window": 0} if unlimited else {}),
-            "sinks": [{"name": "hook", "type": "webhook", "url": f"http://127.0.0.1:{webhook_port}/alert",
-                       "format": "json", "timeout": "30s", "max_attempts": 2,
-                       **({"rate_limit": None} if unlimited else {})}],
-        },
+    api_port = pc.free_port()
+    config = pc.gateway_config(pg, password, pc.free_port(), workdir / "data")
+    config["guardrails"] = {"rules": [{"name": "no-history-wipe", "match": {"tables": "pgbench_history",
+                                                                         "command": "DELETE"}, "action": "deny"}]}
+    config["api"] = {"enabled": alerts if metrics is None else metrics, "host": "127.0.0.1", "port": api_port}
+    config["alerts"] = {"enabled": False} if not alerts else {
+        # unlimited: every blocked statement is its own alert and its own POST (the worst case);
+        # otherwise the defaults (repeats within 60 s are one summary; at most 10 alerts a minute per sink).
+        **({"dedupe_window": 0} if unlimited else {}),
+        "sinks": [{"name": "hook", "type": "webhook", "url": f"http://127.0.0.1:{webhook_port}/alert",
+                   "format": "json", "timeout": "30s", "max_attempts": 2,
+                   **({"rate_limit": None} if unlimited else {})}],
     }
-    cfg = workdir / "pgwarden.yaml"
-    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
-    logfile = workdir / "pgwarden.log"
-    with open(logfile, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pgwarden", "serve", "--config", str(cfg)], stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, cwd=REPO, env=pc.clean_env(PYTHONPATH=str(REPO)), start_new_session=True,
-        )
-    proxy = pc.Proxy(f"pgwarden-{name}", port, proc, logfile)
-    pc.wait_for_port(port, proc, "pgwarden", logfile)
+    proxy = pc.serve(workdir, config, f"pgwarden-{name}")
     proxy.api_port = api_port if config["api"]["enabled"] else None  # type: ignore[attr-defined]
     return proxy
 

@@ -36,33 +36,11 @@ HELD = 20
 
 
 def start_gateway(workdir: Path, pg, password: str) -> pc.Proxy:
-    import yaml
-
-    from pgwarden.session.scram import make_verifier
-
-    port = pc.free_port()
-    config = {
-        "listen": {"host": "127.0.0.1", "port": port, "tls": {"mode": "disable"}, "shutdown_grace": 2},
-        "logging": {"level": "warning", "statements": False},
-        "targets": {DB: {"host": pg.host, "port": pg.port, "database": DB, "user": ROLE, "password": password,
-                         "sslmode": "disable"}},
-        "users": [{"name": ROLE, "scram_verifier": make_verifier(password)}],
-        "data_dir": str(workdir / "data"),
-        "guardrails": {"rules": [{"name": "review-branches", "match": {"tables": "pgbench_branches",
-                                                                     "command": "UPDATE"}, "action": "review"}]},
-        "approvals": {"enabled": True, "timeout": "1h"},
-    }
-    cfg = workdir / "pgwarden.yaml"
-    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
-    logfile = workdir / "pgwarden.log"
-    with open(logfile, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pgwarden", "serve", "--config", str(cfg)], stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, cwd=REPO, env=pc.clean_env(PYTHONPATH=str(REPO)), start_new_session=True,
-        )
-    proxy = pc.Proxy("pgwarden", port, proc, logfile)
-    pc.wait_for_port(port, proc, "pgwarden", logfile)
-    return proxy
+    config = pc.gateway_config(pg, password, pc.free_port(), workdir / "data")
+    config["guardrails"] = {"rules": [{"name": "review-branches", "match": {"tables": "pgbench_branches",
+                                                                         "command": "UPDATE"}, "action": "review"}]}
+    config["approvals"] = {"enabled": True, "timeout": "1h"}
+    return pc.serve(workdir, config)
 
 
 class HeldSessions:

@@ -284,6 +284,40 @@ stats_period = 3600
     return proxy
 
 
+def gateway_config(pg, password: str, port: int, data_dir: Path) -> dict[str, Any]:
+    """The config the scenario benchmarks start from: the bench user (same name and password as
+    the PostgreSQL role) on the bench database, no TLS, recording into ``data_dir``, no statement log."""
+    from pgwarden.session.scram import make_verifier
+
+    return {
+        "listen": {"host": "127.0.0.1", "port": port, "tls": {"mode": "disable"}, "shutdown_grace": 2},
+        "logging": {"level": "warning", "statements": False},
+        "targets": {DB: {"host": pg.host, "port": pg.port, "database": DB, "user": ROLE, "password": password,
+                         "sslmode": "disable"}},
+        "users": [{"name": ROLE, "scram_verifier": make_verifier(password)}],
+        "data_dir": str(data_dir),
+    }
+
+
+def serve(workdir: Path, config: dict[str, Any], name: str = "pgwarden") -> Proxy:
+    """``pgwarden serve`` with ``config`` (written to ``workdir``), in its own process; returns once it listens."""
+    import yaml
+
+    cfg = workdir / "pgwarden.yaml"
+    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+    cfg.chmod(0o600)
+    logfile = workdir / "pgwarden.log"
+    with open(logfile, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pgwarden", "serve", "--config", str(cfg)], stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, cwd=REPO, env=clean_env(PYTHONPATH=str(REPO)), start_new_session=True,
+        )
+    port = config["listen"]["port"]
+    proxy = Proxy(name, port, proc, logfile)
+    wait_for_port(port, proc, name, logfile)
+    return proxy
+
+
 def start_pgwarden(workdir: Path, pg, password: str, use_uvloop: bool, guardrails: bool = True, audit: bool = True) -> Proxy:
     import yaml
 

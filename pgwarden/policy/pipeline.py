@@ -82,18 +82,13 @@ class Pipeline:
         verdict = self._plain_evaluate(statement, first_stage)
         if verdict.__class__ is Hold:
             return verdict  # recorded once it resolves
-        if self.recorder is not None:
-            verdict = self.recorder.decided(statement, verdict)
-        for decided in self._deciders:
-            try:
-                decided(statement, verdict)
-            except Exception:
-                log.exception("decided hook failed", extra={"session": statement.session.id})
-        return verdict
+        return self.finish(statement, verdict)
 
-    def hold_refused(self, statement: Statement, verdict: Verdict) -> Verdict:
-        """A held statement resolved to a refusal (denied, timed out, withdrawn): the relay
-        applies it without evaluating again, so the recorder and the observers hear of it here."""
+    def finish(self, statement: Statement, verdict: Verdict) -> Verdict:
+        """The final verdict of ``statement``, told to the recorder (which may refuse it while the
+        trail is down) and then to the observers. Also called directly for a held statement that
+        resolved to a refusal (denied, timed out, withdrawn): the relay applies it without
+        evaluating again, so the recorder and the observers hear of it here."""
         if self.recorder is not None:
             verdict = self.recorder.decided(statement, verdict)
         for decided in self._deciders:

@@ -615,7 +615,7 @@ class ClientConnection(asyncio.Protocol):
         before = len(self.relay._pending)
         held = self.relay._held
         if isinstance(verdict, Deny) and held is not None:
-            verdict = self.gateway.pipeline.hold_refused(held[0], verdict)
+            verdict = self.gateway.pipeline.finish(held[0], verdict)
         self.relay.resume(verdict)
         if not self.relay.held:
             self.resume_client_reading("hold")
