@@ -35,82 +35,31 @@ Both gateways run as ``pgwarden serve`` in their own process (uvloop).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pgbench_compare as pc  # noqa: E402  (shared helpers: servers, ports, processes)
+
+from pgwarden.testing.receivers import HungReceiver, WebhookReceiver  # noqa: E402
 
 REPO = pc.REPO
 DB, ROLE = pc.DB, pc.ROLE
 BLOCKED = "DELETE FROM pgbench_history"  # no WHERE: refused by the rule below
 
 
-class Receiver:
-    """A webhook receiver that notes when each alert arrived."""
+class Receiver(WebhookReceiver):
+    """A webhook receiver (pgwarden.testing.receivers) that notes when each alert arrived."""
 
-    def __init__(self) -> None:
-        arrivals: list[tuple[float, dict]] = []
-        self.arrivals = arrivals
-        self.event = threading.Event()
-        event = self.event
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                at = time.perf_counter()
-                try:
-                    data = json.loads(body)
-                except ValueError:
-                    data = {}
-                arrivals.append((at, data))
-                event.set()
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
-class BlackHole:
-    """Accepts connections and never answers (a hung webhook)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1024)
-        self.port = self.sock.getsockname()[1]
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.conns:
-            conn.close()
+    @property
+    def arrivals(self) -> list[tuple[float, dict]]:
+        return [(at, body) for _, body, at in self.posts]
 
 
 def start_gateway(workdir: Path, pg, password: str, webhook_port: int, name: str, unlimited: bool,
@@ -173,15 +122,15 @@ def delivery_latency(port: int, password: str, receiver: Receiver, count: int) -
     latencies = []
     with connect(port, password) as conn:
         for _ in range(count):
-            receiver.event.clear()
+            receiver.arrived.clear()
             before = len(receiver.arrivals)
             try:
                 conn.execute(BLOCKED)
             except psycopg.Error:
-                refused = time.perf_counter()
+                refused = time.monotonic()
             else:
                 raise pc.BenchError("the blocked statement ran")
-            if not receiver.event.wait(10):
+            if not receiver.arrived.wait(10):
                 raise pc.BenchError("no alert within 10 s")
             while len(receiver.arrivals) == before:
                 time.sleep(0.001)
@@ -227,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("pgbench is not installed")
     workdir = Path(tempfile.mkdtemp(prefix="pgwarden-alertbench-"))
     pg = pc.make_postgres_class()()
-    receiver, hole = Receiver(), BlackHole()
+    receiver, hole = Receiver(), HungReceiver()
     gateways: list[pc.Proxy] = []
     try:
         pg.start()

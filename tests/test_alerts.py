@@ -14,9 +14,7 @@ import asyncio
 import json
 import socket
 import sqlite3
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psycopg
@@ -28,65 +26,21 @@ from pgwarden.store.records import parse_body
 from pgwarden.store.signing import Signer
 from pgwarden.store.sqlite import SqliteAuditStore
 from pgwarden.testing.gateway import RunningGateway, gateway_config
+from pgwarden.testing.receivers import HungReceiver, WebhookReceiver, closed_port_url
 
 from conftest import GW_PASSWORD, GW_USER
 
 
-class Receiver:
-    """An HTTP server that records every POST: (path, JSON body, monotonic arrival time)."""
-
-    def __init__(self) -> None:
-        self.posts: list[tuple[str, dict, float]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                receiver.posts.append((self.path, json.loads(body), time.monotonic()))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+class Receiver(WebhookReceiver):
+    """Records every POST; :meth:`alerts` picks them by path and fields."""
 
     def alerts(self, path: str = "/json", **match) -> list[tuple[dict, float]]:
         return [(body, at) for p, body, at in list(self.posts)
                 if p == path and all(body.get(k) == v for k, v in match.items())]
 
 
-class Hanging:
-    """Accepts connections and never answers (a hung webhook receiver)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.held.append(conn)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
-
-
-def refused_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}/refused"
+Hanging = HungReceiver
+refused_url = closed_port_url
 
 
 def wait_for(predicate, what: str, timeout: float = 10.0):
@@ -144,7 +98,7 @@ def env(pg, gw_users, tls_files, tmp_path_factory):
                 {"name": "json", "type": "webhook", "url": receiver.url("/json"), "rate_limit": None},
                 {"name": "slack", "type": "webhook", "url": receiver.url("/slack"), "format": "slack",
                  "kinds": ["rule_alert"], "rate_limit": {"max": 2, "per": "2s"}},
-                {"name": "hung", "type": "webhook", "url": hanging.url, "timeout": "30s", "max_attempts": 1,
+                {"name": "hung", "type": "webhook", "url": hanging.url(), "timeout": "30s", "max_attempts": 1,
                  "queue_size": 3, "rate_limit": None},
                 {"name": "refused", "type": "webhook", "url": refused_url(), "max_attempts": 1, "rate_limit": None},
                 {"name": "siem", "type": "syslog", "address": "127.0.0.1", "port": syslog.getsockname()[1],

@@ -394,7 +394,7 @@ def test_a_full_webhook_queue_makes_room_for_a_critical_alert_and_sends_it_first
     hanging = Hanging()
 
     async def main():
-        delivery = WebhookDelivery([Target(hanging.url, timeout=60)], queue_size=5, per_target=1)
+        delivery = WebhookDelivery([Target(hanging.url(), timeout=60)], queue_size=5, per_target=1)
         delivery.start()
         delivery.put([item(1, f"warning {n}") for n in range(20)])  # one in flight, four waiting, 15 dropped
         await asyncio.sleep(0)

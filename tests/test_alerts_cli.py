@@ -4,42 +4,16 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import yaml
 from typer.testing import CliRunner
 
 from pgwarden.cli.main import app
-
-
-class Receiver:
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        bodies = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pgwarden.testing.receivers import WebhookReceiver, closed_port_url
 
 
 def test_each_sink_reports_its_own_outcome(tmp_path):
-    receiver = Receiver()
+    receiver = WebhookReceiver()
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
     udp.settimeout(5)
@@ -49,7 +23,7 @@ def test_each_sink_reports_its_own_outcome(tmp_path):
         "alerts": {"sinks": [
             {"name": "slack", "type": "webhook", "url": f"http://127.0.0.1:{receiver.port}/hook/SECRET",
              "format": "slack"},
-            {"name": "gone", "type": "webhook", "url": f"http://127.0.0.1:{closed_port()}/x", "max_attempts": 1},
+            {"name": "gone", "type": "webhook", "url": closed_port_url(), "max_attempts": 1},
             {"name": "siem", "type": "syslog", "address": "127.0.0.1", "port": udp.getsockname()[1],
              "protocol": "udp"},
             {"name": "log", "type": "log"},
@@ -64,7 +38,7 @@ def test_each_sink_reports_its_own_outcome(tmp_path):
         assert {n: r["outcome"] for n, r in rows.items()} == {
             "slack": "delivered", "gone": "failed", "siem": "delivered", "log": "not tested", "quiet": "delivered"}
         assert "SECRET" not in result.stdout  # webhook URLs are shown without their path
-        assert any("Test alert from pgwarden" in b.get("text", "") for b in receiver.bodies)
+        assert any("Test alert from pgwarden" in b.get("text", "") for _, b, _ in receiver.posts)
         assert b"Test alert from pgwarden" in udp.recv(65536)
 
         only = CliRunner().invoke(app, ["alerts", "test", "-c", str(config), "--sink", "slack"])
@@ -73,5 +47,5 @@ def test_each_sink_reports_its_own_outcome(tmp_path):
         unknown = CliRunner().invoke(app, ["alerts", "test", "-c", str(config), "--sink", "nope"])
         assert unknown.exit_code == 2 and "no alert sink named 'nope'" in unknown.output
     finally:
-        receiver.server.shutdown()
+        receiver.close()
         udp.close()
