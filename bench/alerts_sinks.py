@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -181,10 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pg.start()
         password = pg.passwords[ROLE]
-        init = subprocess.run([pgbench, "-i", "-q", "-s", "1", "-h", str(pg.socket_dir), "-p", str(pg.port), "-U", ROLE,
-                               DB], capture_output=True, text=True, env=pc.clean_env(), timeout=600)
-        if init.returncode != 0:
-            raise pc.BenchError(init.stderr)
+        pc.init_pgbench(pgbench, pg, scale=1)
         defaults = start_gateway(workdir, pg, password, receiver.port, "defaults", unlimited=False)
         healthy = start_gateway(workdir, pg, password, receiver.port, "unlimited", unlimited=True)
         hung = start_gateway(workdir, pg, password, hole.port, "hung", unlimited=True)

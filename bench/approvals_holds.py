@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -98,10 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pg.start()
         password = pg.passwords[ROLE]
-        init = subprocess.run([pgbench, "-i", "-q", "-s", "1", "-h", str(pg.socket_dir), "-p", str(pg.port), "-U", ROLE,
-                               DB], capture_output=True, text=True, env=pc.clean_env(), timeout=600)
-        if init.returncode != 0:
-            raise pc.BenchError(init.stderr)
+        pc.init_pgbench(pgbench, pg, scale=1)
         gateway = start_gateway(workdir, pg, password)
         results: dict[str, list[dict]] = {"direct": [], "pgwarden": [], f"pgwarden+{HELD}held": []}
         for round_no in range(1, args.rounds + 1):

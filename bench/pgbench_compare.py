@@ -284,6 +284,14 @@ stats_period = 3600
     return proxy
 
 
+def init_pgbench(pgbench: str, pg, scale: int = 1) -> None:
+    """``pgbench -i -s SCALE`` into the bench database, as the bench role."""
+    init = subprocess.run([pgbench, "-i", "-q", "-s", str(scale), "-h", str(pg.socket_dir), "-p", str(pg.port),
+                           "-U", ROLE, DB], capture_output=True, text=True, env=clean_env(), timeout=600)
+    if init.returncode != 0:
+        raise BenchError(init.stderr)
+
+
 def gateway_config(pg, password: str, port: int, data_dir: Path) -> dict[str, Any]:
     """The config the scenario benchmarks start from: the bench user (same name and password as
     the PostgreSQL role) on the bench database, no TLS, recording into ``data_dir``, no statement log."""
