@@ -370,3 +370,44 @@ def test_alert_records_are_si4_and_au6_evidence(env):
     assert controls["AU-6"]["status"] == "satisfied" and controls["AU-6"]["counts"]["alerts.severity.critical"] == 1
     # Without any sink, alerts are recorded but nobody is told.
     assert {c["label"]: c for c in evaluate(env.config, ctx)}["SI-4"]["status"] == "not_satisfied"
+
+
+def test_a_log_sink_alone_tells_no_reviewer(env):
+    """An explicit ``type: log`` sink is what alerts get without sinks (the gateway's log):
+    it does not make SI-4 or AU-6 satisfied, while a webhook next to it does."""
+    col = Collector()
+    body = json.dumps({"v": 1, "seq": 1, "at": "2026-11-24T05:33:12.123456Z", "type": "alert", "session": None,
+                       "kind": "statement_blocked", "severity": "warning", "count": 1}).encode()
+    col.add(1, "2026-11-24T05:33:12.123456Z", "alert", None, body)
+    ctx = Context(col=col, verification={"status": "verified", "last_checkpoint_seq": 1})
+    log_only = {c["label"]: c for c in evaluate(_WithAlerts(env.config, [SimpleNamespace(type="log")]), ctx)}
+    assert log_only["SI-4"]["status"] == "not_satisfied"
+    assert log_only["AU-6"]["status"] == "not_satisfied"
+    both = _WithAlerts(env.config, [SimpleNamespace(type="log"), SimpleNamespace(type="webhook", url="https://h.example/x")])
+    controls = {c["label"]: c for c in evaluate(both, ctx)}
+    assert controls["SI-4"]["status"] == "satisfied" and controls["AU-6"]["status"] == "satisfied"
+
+
+def test_privileged_statements_are_found_after_a_semicolon():
+    """``COMMIT; DROP TABLE customers;`` (the README's own example) is a privileged statement for
+    AC-6(9) and CM-5; a ';' inside a string or a comment starts nothing."""
+    col = Collector()
+    texts = ["COMMIT; DROP TABLE customers;", "select 1;\n  GRANT ALL ON t TO u", "/* c */ ALTER TABLE t ADD x int",
+             "SELECT 'a; drop table x'", "SELECT 1 -- ; drop table x", "SELECT dropped FROM t"]
+    for seq, text in enumerate(texts, start=1):
+        body = json.dumps({"v": 1, "seq": seq, "at": "2026-11-24T05:33:12.123456Z", "type": "statement",
+                           "session": "s1", "n": seq, "kind": "query", "text": text,
+                           "decision": {"action": "deny" if seq == 1 else "allow", "rule": "dangerous.drop"}}).encode()
+        col.add(seq, "2026-11-24T05:33:12.123456Z", "statement", "s1", body)
+    assert col.counts["privileged"] == 3
+    assert col.counts["privileged.deny"] == 1 and col.counts["privileged.allow"] == 2
+
+
+def test_a_role_with_no_packs_says_none(env):
+    from pgwarden.evidence.config_facts import guardrails_text
+
+    data = yaml.safe_load(env.config_file.read_text())
+    data["roles"] = {"dba": {"targets": list(data["targets"]), "access": "admin", "guardrails": {"packs": []}}}
+    data.pop("role_bindings", None)
+    lines = guardrails_text(parse_config(data))
+    assert "role dba: packs none" in lines, lines

@@ -342,3 +342,50 @@ def test_metrics_off_and_approvals_off_answer_404(pg):
                 assert (r.status_code, r.json()) == (200, {"status": "ok", "checks": {}})
 
     asyncio.run(main())
+
+
+def test_every_exposed_family_is_documented_and_histograms_have_only_the_usual_series():
+    """Offline (no gateway): the exposition names only what docs/metrics.md names, and the
+    upstream histogram has _bucket/_sum/_count and nothing else (no stray ``_created`` gauge)."""
+    import asyncio
+    import re
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from pgwarden.server.metrics import GatewayMetrics
+
+    config = SimpleNamespace(targets={"shop": object(), "reporting": object()})
+    writer = SimpleNamespace(status=lambda: {"failed": False, "queued": 0, "written": 3, "dropped": 0})
+    alerts = SimpleNamespace(stats=lambda: {"raised": {"statement_blocked/warning": 1},
+                                            "sinks": {"log": {"delivered": 1, "failed": 0, "dropped": 0, "queued": 0}},
+                                            "deduplicated": 0, "rate_limited": {"log": 0}})
+    gateway = SimpleNamespace(approvals=None, audit_writer=writer, alerts=alerts)
+    metrics = GatewayMetrics(config, gateway)
+    metrics.upstream_connected("shop", 0.003, None)
+    metrics.upstream_connected("shop", 0.2, None)
+    metrics.upstream_connected("unknown-target", 0.2, None)  # not configured: not a new series
+    metrics.audit_written(1, 0.001, 0)
+    text = asyncio.run(metrics.render()).decode()
+
+    documented = set(re.findall(r"^\| `(pgwarden_[a-z_]+)` \|",
+                                (Path(__file__).parent.parent / "docs" / "metrics.md").read_text(), re.M))
+    families = {f.name for f in text_string_to_metric_families(text)}
+    typed = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    # prometheus_client's parser drops a counter's _total; the exposition keeps it.
+    exposed = {n if n in documented else n + "_total" for n in families}
+    assert exposed <= documented, exposed - documented
+    assert not any(n.endswith("_created") for n in typed | families), typed
+
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name, frozenset(sample.labels.items())] = sample.value
+    assert value(samples, "pgwarden_upstream_connect_seconds_count", target="shop") == 2
+    assert value(samples, "pgwarden_upstream_connect_seconds_count", target="reporting") == 0
+    assert value(samples, "pgwarden_upstream_connect_seconds_bucket", target="shop", le="0.005") == 1
+    assert value(samples, "pgwarden_upstream_connect_seconds_bucket", target="shop", le="+Inf") == 2
+    assert abs(value(samples, "pgwarden_upstream_connect_seconds_sum", target="shop") - 0.203) < 1e-9
+    assert not any(dict(labels).get("target") == "unknown-target" for _, labels in samples)
+    upstream = {n for n, _ in samples if n.startswith("pgwarden_upstream_connect_seconds")}
+    assert upstream == {"pgwarden_upstream_connect_seconds_bucket", "pgwarden_upstream_connect_seconds_sum",
+                        "pgwarden_upstream_connect_seconds_count"}

@@ -259,6 +259,16 @@ def register(app: typer.Typer) -> None:
                 if api is not None:
                     out.print(f"\nMonitoring: {api}/metrics (Prometheus) and {api}/health (readiness).",
                               soft_wrap=True)
+                if getattr(gateway, "alerts", None) is not None:
+                    out.print(
+                        "Alerts: refusals, flagged rules (watch-payments), failed logins and approvals show up"
+                        " below as ALERT lines and in the audit trail. The demo rewrites its config on every"
+                        " start: to try webhook or syslog sinks (docs/alerts.md), copy it, add alerts.sinks, set"
+                        " free listen.port and api.port and its own data_dir (the SQLite trail takes one"
+                        " gateway), and run  pgwarden serve --config <copy>  while the demo runs; check the"
+                        " sinks with  pgwarden alerts test --config <copy>.",
+                        soft_wrap=True,
+                    )
                 if gateway.audit_writer is not None:
                     out.print(
                         f"\nRecording: every session goes to the audit trail in {cfg.audit.store.path}."

@@ -25,9 +25,12 @@ _MAX_DISTINCT = 10_000  # distinct subjects / users / gateways remembered
 _SUMMARY = 240  # characters of a sample's summary
 _AT = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 _STATUS = re.compile(rb'"status":"([a-z_]+)"')
-# Leading keywords of statements that change schema, permissions or server state.
+# Leading keywords of statements that change schema, permissions or server state: at the start
+# of the text or of any statement after a ';' (``COMMIT; DROP TABLE t`` is privileged too).
+# Quoted strings and identifiers are blanked first (see _privileged), so a ';' inside one
+# starts nothing.
 _PRIVILEGED = re.compile(
-    r"^\s*(?:/\*.*?\*/\s*)*(create|alter|drop|truncate|grant|revoke|comment|reindex|cluster|vacuum|security\s+label|"
+    r"(?:^|;)\s*(?:/\*.*?\*/\s*)*(create|alter|drop|truncate|grant|revoke|comment|reindex|cluster|vacuum|security\s+label|"
     r"reassign|refresh\s+materialized)\b",
     re.IGNORECASE | re.DOTALL,
 )
@@ -35,6 +38,7 @@ _PRIVILEGED = re.compile(
 _INVALID_INPUT = frozenset({"guardrails.syntax", "guardrails.too_complex", "guardrails.too_long", "guardrails.encoding",
                             "guardrails.unparseable", "masking.unparsed"})
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+_LINE_COMMENT = re.compile(r"--[^\n]*")
 _LOOPBACK = ("127.", "::1", "[::1]", "local socket", "localhost")
 
 #: Fields a record of each type must carry to say who, what, when, where and outcome (AU-3).
@@ -105,6 +109,12 @@ def _name(value: object, limit: int = 64) -> str:
     """A record value used inside a counter name: one visible line, bounded."""
     return _clip(value, limit).replace(" ", "_") or "none"
 
+
+
+def _privileged(text: str) -> bool:
+    """Whether any statement of ``text`` starts with a privileged keyword (quotes and ``--``
+    comments blanked)."""
+    return _PRIVILEGED.search(_LINE_COMMENT.sub("", _QUOTED.sub("''", text))) is not None
 
 class Collector:
     """Feed records (in seq order) with :meth:`add`; read ``counts``, ``daily``, ``samples``."""
@@ -227,7 +237,7 @@ class Collector:
         # The extended protocol records a Parse and then each Execute of the same text: a DDL
         # statement is counted once, at its Execute (or at its Parse when the Parse was refused).
         privileged = (isinstance(text, str) and not (kind == "parse" and action != "deny")
-                      and _PRIVILEGED.match(text) is not None)
+                      and _privileged(text))
         if privileged:
             c["privileged"] += 1
             c["privileged." + ("deny" if action == "deny" else "allow")] += 1

@@ -26,13 +26,17 @@ def loopback_host(host: str) -> bool:
 
 
 def alert_sinks(config: Any) -> list[str]:
-    """Where alerts go (``config.alerts.sinks``; absent in configs older than alerts)."""
+    """Where alerts are delivered to people (``config.alerts.sinks``; absent in configs older than
+    alerts). ``log`` sinks are left out: they are the gateway's own log, the default without sinks."""
     alerts = getattr(config, "alerts", None)
     if alerts is None or getattr(alerts, "enabled", True) is False:
         return []
     out = []
     for sink in getattr(alerts, "sinks", None) or []:
         kind = getattr(sink, "type", None) or getattr(sink, "kind", None) or type(sink).__name__
+        if kind == "log":
+            # The gateway's own log, where alerts go anyway without sinks: it tells no reviewer.
+            continue
         where = getattr(sink, "url", None) or getattr(sink, "path", None) or getattr(sink, "address", None)
         out.append(f"{kind}" + (f" ({_redact_url(str(where))})" if where else ""))
     return out
@@ -109,7 +113,8 @@ def guardrails_text(config: Any) -> list[str]:
     for name, role in config.roles.items():
         pol = role.guardrails
         if pol.packs is not None or pol.exempt or pol.default:
-            out.append(f"role {name}: packs {', '.join(pol.packs) if pol.packs is not None else 'inherited'}"
+            packs = (", ".join(pol.packs) or "none") if pol.packs is not None else "inherited"
+            out.append(f"role {name}: packs {packs}"
                        + (f", exempt {', '.join(pol.exempt)}" if pol.exempt else "")
                        + (f", default {pol.default}" if pol.default else ""))
     return out

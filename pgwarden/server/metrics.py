@@ -8,9 +8,8 @@ command word: the only strings made per statement are the command tag's split),
 and a custom collector turns those ints into metric families when Prometheus
 scrapes ``GET /metrics`` (in the gateway's loop, so no lock is needed either).
 Statements are counted in ``completed``, once their verdict is final.
-Only two things use ``prometheus_client`` histograms directly, because they
-happen per batch or per connection, not per statement: audit write latency and
-upstream connect latency.
+The two histograms (audit write latency and upstream connect latency) are plain
+bucket counts too, turned into histogram families at scrape time.
 
 Each gateway has its own :class:`~prometheus_client.CollectorRegistry` (several
 gateways run in one test process, and the default registry would mix them).
@@ -32,7 +31,7 @@ import platform
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -108,12 +107,15 @@ class _Buckets:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
 
-    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
-        cumulative, running = [], 0
+    def cumulative(self) -> list[tuple[str, int]]:
+        out, running = [], 0
         for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts):
             running += count
-            cumulative.append((bound, running))
-        return HistogramMetricFamily(name, documentation, buckets=cumulative, sum_value=self.total)
+            out.append((bound, running))
+        return out
+
+    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+        return HistogramMetricFamily(name, documentation, buckets=self.cumulative(), sum_value=self.total)
 
 
 class GatewayMetrics(Observer):
@@ -152,11 +154,9 @@ class GatewayMetrics(Observer):
         # client read: bucket counts in a list (a bisect, ~0.1 µs) instead of prometheus_client's
         # locked Histogram (~0.5 µs), turned into a histogram family at scrape time.
         self.audit_latency = _Buckets(_LATENCY_BUCKETS)
-        self.upstream_latency = Histogram(
-            "pgwarden_upstream_connect_seconds", "Time to connect and log in to a target's PostgreSQL (successes).",
-            ["target"], registry=self.registry, buckets=_LATENCY_BUCKETS)
-        for target in config.targets:
-            self.upstream_latency.labels(target)
+        # Per configured target, the same lock-free buckets (prometheus_client's Histogram would
+        # also expose a ``_created`` gauge family, which docs/metrics.md does not name).
+        self.upstream_latency: dict[str, _Buckets] = {t: _Buckets(_LATENCY_BUCKETS) for t in config.targets}
         self.registry.register(_Collector(self))
 
     # ------------------------------------------------------------ hooks (data path: ints only)
@@ -215,8 +215,9 @@ class GatewayMetrics(Observer):
 
     def upstream_connected(self, target: str, seconds: float, error: str | None) -> None:
         if error is None:
-            if target in self.upstream_failures:  # configured targets only (bounded)
-                self.upstream_latency.labels(target).observe(seconds)
+            buckets = self.upstream_latency.get(target)  # configured targets only (bounded)
+            if buckets is not None:
+                buckets.observe(seconds)
         else:
             _bump(self.upstream_failures, target)
 
@@ -356,6 +357,11 @@ class _Collector(Collector):
                                          "Time to make one batch of audit records durable (group commit).")
 
         # -- upstreams
+        latency = HistogramMetricFamily("pgwarden_upstream_connect_seconds", "Time to connect and log in to a "
+                                        "target's PostgreSQL (successes).", labels=["target"])
+        for target, buckets in sorted(m.upstream_latency.items()):
+            latency.add_metric([target], buckets.cumulative(), buckets.total)
+        yield latency
         yield _counter("pgwarden_upstream_connect_failures", "Upstream connects or logins that failed, by target.",
                        ["target"], m.upstream_failures)
 
