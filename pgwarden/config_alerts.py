@@ -109,7 +109,8 @@ class AuthFailuresConfig(_Strict):
 
 
 class RateLimitConfig(_Strict):
-    """At most ``max`` alerts per ``per`` to one sink; the rest are summarised when the period ends."""
+    """At most ``max`` alerts of each kind per ``per`` to one sink (critical ones always go);
+    the rest are summarised when the period ends (docs/alerts.md)."""
 
     max: Annotated[int, Field(ge=1)] = 10
     per: float = 60.0

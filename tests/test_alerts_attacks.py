@@ -442,16 +442,21 @@ def test_a_syslog_receiver_that_never_reads_bounds_memory_and_keeps_critical_ale
     assert any(json.loads(body)["severity"] == "critical" for _, body in queue)
 
 
-def test_rate_limits_are_per_severity_and_critical_is_never_held():
+def test_rate_limits_are_per_kind_and_critical_is_never_held():
     now = [1000.0]
     limiter = RateLimiter(2, 60, lambda: now[0])
     warn = Alert("statement_blocked", "warning", "t", "x")
     high = Alert("exfiltration", "high", "t", "x")
     crit = Alert("audit_store_unavailable", "critical", "t", "x")
+    flood = Alert("auth_failures", "high", "t", "x")  # failed logins with made-up user names
+    revoked = Alert("revoked_identity", "high", "t", "x")
     assert [limiter.allow(warn) for _ in range(50)].count(True) == 2
+    assert [limiter.allow(flood) for _ in range(50)].count(True) == 2
+    assert limiter.allow(revoked)  # same severity as the flood, its own budget
     assert [limiter.allow(high) for _ in range(2)] == [True, True]
     assert all(limiter.allow(crit) for _ in range(100))
     assert not limiter.allow(high)
     now[0] += 60
     held = limiter.due()
-    assert held.count == 49 and held.severity == "high" and held.kinds == {"statement_blocked": 48, "exfiltration": 1}
+    assert held.count == 97 and held.severity == "high"
+    assert held.kinds == {"statement_blocked": 48, "auth_failures": 48, "exfiltration": 1}

@@ -119,21 +119,25 @@ class Suppressed:
 
 
 class RateLimiter:
-    """Per sink, one fixed window **per severity**: ``allow(alert)`` is False beyond ``max`` alerts
-    of that severity in ``per`` seconds; **critical** alerts are never held back.
+    """Per sink, one fixed window **per kind**: ``allow(alert)`` is False beyond ``max`` alerts
+    of that kind in ``per`` seconds; **critical** alerts are never held back.
 
-    Why per severity: what feeds the limit (refused statements, flagged rules) is under a
-    database client's control. With one shared budget, a flood of warnings would use it up
-    and a ``revoked_identity`` or ``exfiltration`` alert would wait a whole period, then
-    arrive only as a count in ``alerts_suppressed``. Critical alerts (the trail cannot be
-    written or failed verification) are rare, de-duplicated, and must never wait.
+    Why per kind: what feeds the limit (refused statements, flagged rules, failed logins
+    with made-up user names) is under a database client's control. With a shared budget,
+    a flood of one kind would use it up and a different alert (``revoked_identity`` behind
+    a flood of ``auth_failures``, ``exfiltration`` behind refused statements) would wait
+    a whole period, then arrive only as a count in ``alerts_suppressed``. A budget per
+    severity is not enough either: ``auth_failures`` and ``revoked_identity`` are both
+    high. Kinds are a fixed, small set, so per-kind budgets still bound a sink's volume.
+    Critical alerts (the trail cannot be written or failed verification) are rare,
+    de-duplicated, and must never wait.
     """
 
     def __init__(self, max_alerts: int, per: float, clock: Clock) -> None:
         self.max = max_alerts
         self.per = per
         self.clock = clock
-        self._buckets: dict[str, list[float]] = {}  # severity -> [period start, sent in it]
+        self._buckets: dict[str, list[float]] = {}  # kind -> [period start, sent in it]
         self._held: Suppressed | None = None
         self._due_at = 0.0  # when the held alerts' summary is due
         self.suppressed = 0  # in total
@@ -145,9 +149,9 @@ class RateLimiter:
             self.bypassed += 1
             return True
         now = self.clock()
-        bucket = self._buckets.get(severity)
+        bucket = self._buckets.get(alert.kind)
         if bucket is None:
-            bucket = self._buckets[severity] = [now, 0]
+            bucket = self._buckets[alert.kind] = [now, 0]
         elif now - bucket[0] >= self.per and self._held is None:
             bucket[0], bucket[1] = now, 0
         if bucket[1] < self.max:
@@ -179,8 +183,8 @@ class RateLimiter:
         for bucket in self._buckets.values():
             if now - bucket[0] >= self.per:
                 bucket[0], bucket[1] = now, 0
-        # The summary itself counts against the (new) period of its severity.
-        bucket = self._buckets.setdefault(held.severity, [now, 0])
+        # The summary itself is an alert of its own kind, in the new period.
+        bucket = self._buckets.setdefault("alerts_suppressed", [now, 0])
         bucket[1] += 1
         return held
 
