@@ -251,3 +251,19 @@ def test_engine_filters_and_rate_limits_per_sink():
     summary = [r for r in writer.records if r["kind"] == "alerts_suppressed"]
     assert len(summary) == 1 and summary[0]["count"] == 2 and summary[0]["severity"] == "warning"
     assert summary[0]["details"]["kinds"] == {"statement_blocked": 2}
+
+
+def test_a_flagged_statement_refused_afterwards_still_raises_its_rule_alert():
+    from pgwarden.policy.rules import Decision
+
+    e, writer, _ = engine(dedupe_window=0)
+    flagged = stmt("SELECT salary FROM pay")
+    flagged.decision = Decision("allow", None, alerts=("watch-pay",))
+    e.decided(flagged, Deny("pgwarden: the audit trail is unavailable", "58030", rule="audit.unavailable"))
+    self_refused = stmt("DROP TABLE pay")
+    self_refused.decision = Decision("deny", "no-drop", alerts=("no-drop", "watch-pay"))
+    e.decided(self_refused, Deny("pgwarden: refused", "42501", rule="no-drop"))
+    got = [(r["kind"], r["rule"]) for r in writer.records if r["type"] == "alert"]
+    # The trail being down raises its own alert, not statement_blocked; the watch rule still fires.
+    # A rule that refuses is statement_blocked only; the other rule's flag is its own rule_alert.
+    assert got == [("rule_alert", "watch-pay"), ("statement_blocked", "no-drop"), ("rule_alert", "watch-pay")]

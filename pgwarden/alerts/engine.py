@@ -255,6 +255,12 @@ class AlertEngine(Observer):
             denied.clear()  # completions never came (cannot happen in a live session): stay bounded
         denied.add(stmt)  # completed() knows this refusal was seen here
         self._refused(stmt, verdict)
+        decision = stmt.decision
+        if decision is not None and decision.alerts:
+            # A rule asked to hear of this statement and something refused it (a later rule,
+            # masking, an approval denied, the trail being down): the attempt still counts. The
+            # refusing rule's own flag is the statement_blocked alert above.
+            self._flagged(stmt, decision, skip=verdict.rule)
 
     def completed(self, stmt: Any) -> None:
         """Refusals the pipeline never reported to ``decided``: the relay refuses some statements
@@ -290,10 +296,12 @@ class AlertEngine(Observer):
                                         "message": verdict.message},
         )
 
-    def _flagged(self, stmt: Any, decision: Any) -> None:
+    def _flagged(self, stmt: Any, decision: Any, skip: str | None = None) -> None:
         info = stmt.session
         subject, who = self._who(info)
         for rule in decision.alerts:
+            if rule == skip:
+                continue
             self.raise_alert(
                 "rule_alert", f"{rule}|{who}|{info.target}", f"Guardrail rule {rule} flagged a statement",
                 f"{who} from {_host(info.client_addr)} on {info.target} ({decision.action}): {_clip(stmt.text)}",
